@@ -1,0 +1,1 @@
+//! Native Rust client. Work in progress.

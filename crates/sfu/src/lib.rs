@@ -1,0 +1,1 @@
+//! Selective forwarding unit (SFU) on str0m. Work in progress.

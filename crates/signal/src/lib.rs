@@ -1,0 +1,1 @@
+//! Signaling server: rooms, sessions, tokens and the WebSocket endpoint.
