@@ -5,6 +5,8 @@
 //! - [`TurnServer::start`]: binds the listeners and spawns the relay workers on the current tokio runtime.
 //! - [`rest_credentials`]: mints coturn-compatible time-limited credentials (`use-auth-secret`).
 
+pub mod client;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
