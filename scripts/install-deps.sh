@@ -17,10 +17,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/playwright-core ]; then
-  echo "install-deps: npm ci in tests/e2e"
-  (cd tests/e2e && { [ -f package-lock.json ] && npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent; })
-fi
+for pkg in tests/*/package.json; do
+  [ -f "$pkg" ] || continue
+  dir=$(dirname "$pkg")
+  if [ ! -d "$dir/node_modules/playwright-core" ]; then
+    echo "install-deps: npm ci in $dir"
+    (cd "$dir" && { [ -f package-lock.json ] && npm ci --no-audit --no-fund --silent || npm install --no-audit --no-fund --silent; })
+  fi
+done
 
 if ! python3 -c 'import aiortc' 2>/dev/null; then
   echo "install-deps: pip install aiortc"

@@ -34,7 +34,17 @@ if ls tests/e2e/*.test.mjs >/dev/null 2>&1; then
   e2e_failed=$(grep -Eo '^ℹ fail [0-9]+' /tmp/switchboard-e2e.log | awk '{s+=$3} END {print s+0}')
 fi
 
-passed=$((rust_passed + e2e_passed)); failed=$((rust_failed + e2e_failed))
-echo "rust: ${rust_passed} passed, ${rust_failed} failed; e2e: ${e2e_passed} passed, ${e2e_failed} failed"
+lab_passed=0; lab_failed=0
+if ls tests/netlab/*.test.mjs >/dev/null 2>&1; then
+  echo "== NAT-traversal lab (tests/netlab)"
+  set +e
+  node --test --test-concurrency=1 --test-reporter=spec tests/netlab/ 2>&1 | tee /tmp/switchboard-netlab.log
+  set -e
+  lab_passed=$(grep -Eo '^ℹ pass [0-9]+' /tmp/switchboard-netlab.log | awk '{s+=$3} END {print s+0}')
+  lab_failed=$(grep -Eo '^ℹ fail [0-9]+' /tmp/switchboard-netlab.log | awk '{s+=$3} END {print s+0}')
+fi
+
+passed=$((rust_passed + e2e_passed + lab_passed)); failed=$((rust_failed + e2e_failed + lab_failed))
+echo "rust: ${rust_passed} passed, ${rust_failed} failed; e2e: ${e2e_passed} passed, ${e2e_failed} failed; netlab: ${lab_passed} passed, ${lab_failed} failed"
 echo "${passed} passed, ${failed} failed"
 [ "$cargo_status" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

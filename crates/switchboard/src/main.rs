@@ -1,11 +1,20 @@
 //! The `switchboard` binary: `serve`, `turn`, `token`.
 
+mod config;
+mod serve;
+mod tls;
+mod token_cmd;
 mod turn_cmd;
+mod web;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "WebRTC signaling, STUN/TURN and SFU in one binary")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "WebRTC signaling, STUN/TURN and SFU in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -13,19 +22,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run everything: app, SDK, signaling, STUN/TURN (embedded defaults, no config needed).
+    Serve(serve::ServeArgs),
     /// Run a standalone STUN/TURN server (coturn-compatible flags).
     Turn(turn_cmd::TurnArgs),
+    /// Mint an access token for a room.
+    Token(token_cmd::TokenArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args).await,
         Command::Turn(args) => turn_cmd::run(args).await,
+        Command::Token(args) => token_cmd::run(args),
     }
 }

@@ -1,0 +1,617 @@
+//! Rooms and sessions: who is in which room, relaying between participants, the reconnect grace period.
+//!
+//! The hub owns no sockets. Each connection registers an [`Outbox`]; the hub pushes serialized messages into it
+//! and never waits on a slow client (a client whose queue is full is disconnected).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+
+use crate::protocol::{
+    ErrorCode, IceServer, ParticipantInfo, Permissions, ProtocolError, RoomInfo, ServerMessage,
+    PROTOCOL_VERSION,
+};
+use crate::token::Claims;
+
+/// Something to write to a client's socket.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A JSON text frame.
+    Text(Arc<str>),
+    /// Close the socket with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The sending half a connection gives the hub.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    id: u64,
+    tx: mpsc::Sender<Outbound>,
+    kill: Arc<Notify>,
+}
+
+impl Outbox {
+    /// A new outbox with room for `capacity` queued messages; returns the receiving half and the kill signal
+    /// (notified when the hub gives up on this connection).
+    pub fn new(id: u64, capacity: usize) -> (Outbox, mpsc::Receiver<Outbound>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let kill = Arc::new(Notify::new());
+        (
+            Outbox {
+                id,
+                tx,
+                kill: kill.clone(),
+            },
+            rx,
+            kill,
+        )
+    }
+
+    /// Queue `msg`; a full queue means the client does not read: it is disconnected.
+    pub fn push(&self, msg: Outbound) {
+        if self.tx.try_send(msg).is_err() {
+            metrics::counter!("signal_slow_consumer_disconnects_total").increment(1);
+            self.kill.notify_one();
+        }
+    }
+
+    fn text(&self, text: &Arc<str>) {
+        self.push(Outbound::Text(text.clone()));
+    }
+}
+
+/// Room settings the hub enforces.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Largest room (participants).
+    pub max_participants: usize,
+    /// How long a dropped participant stays in its room, waiting to resume.
+    pub reconnect_grace: Duration,
+    /// Mode reported for new rooms (`mesh`, `sfu`, `auto`).
+    pub default_mode: String,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_participants: 16,
+            reconnect_grace: Duration::from_secs(20),
+            default_mode: "mesh".into(),
+        }
+    }
+}
+
+/// Produces the ICE servers (with fresh TURN credentials) for a participant id.
+pub type IceServerSource = Arc<dyn Fn(&str) -> Vec<IceServer> + Send + Sync>;
+
+struct Participant {
+    info: ParticipantInfo,
+    permissions: Permissions,
+    resume_token: String,
+    conn: Option<Outbox>,
+    /// Incremented on each (re)connection; a grace timer only expires the generation it was started for.
+    generation: u64,
+}
+
+struct Room {
+    mode: String,
+    participants: BTreeMap<String, Participant>,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<String, Room>,
+    resume: HashMap<String, (String, String)>,
+}
+
+/// Where a joined connection lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seat {
+    /// Room name.
+    pub room: String,
+    /// Participant id.
+    pub id: String,
+}
+
+/// The room registry. Cheap to share (`Arc<Hub>`).
+pub struct Hub {
+    state: Mutex<State>,
+    config: HubConfig,
+    ice: IceServerSource,
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn room_info(name: &str, room: &Room) -> RoomInfo {
+    RoomInfo {
+        name: name.to_owned(),
+        mode: room.mode.clone(),
+    }
+}
+
+impl Hub {
+    /// A hub with `config`, asking `ice` for each participant's ICE servers.
+    pub fn new(config: HubConfig, ice: IceServerSource) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State::default()),
+            config,
+            ice,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters more than
+        // refusing all service, so recover the guard.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of rooms and participants (for metrics and tests).
+    pub fn counts(&self) -> (usize, usize) {
+        let st = self.lock();
+        let p = st.rooms.values().map(|r| r.participants.len()).sum();
+        (st.rooms.len(), p)
+    }
+
+    fn update_gauges(st: &State) {
+        metrics::gauge!("signal_rooms").set(st.rooms.len() as f64);
+        let p: usize = st.rooms.values().map(|r| r.participants.len()).sum();
+        metrics::gauge!("signal_participants").set(p as f64);
+    }
+
+    /// Join (or resume) with verified `claims`. On success the `joined` message has been queued on `outbox`.
+    pub fn join(
+        &self,
+        claims: &Claims,
+        resume_token: Option<&str>,
+        metadata: Option<Value>,
+        outbox: Outbox,
+    ) -> Result<Seat, ProtocolError> {
+        let room_name = claims.video.room.clone().unwrap_or_default();
+        if !claims.video.room_join {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                "token lacks the roomJoin grant",
+            ));
+        }
+        let mut st = self.lock();
+        if let Some(seat) = resume_token.and_then(|t| st.resume.get(t).cloned()) {
+            let (room, id) = seat;
+            let matches = room == room_name
+                && st
+                    .rooms
+                    .get(&room)
+                    .and_then(|r| r.participants.get(&id))
+                    .is_some_and(|p| p.info.identity == claims.sub);
+            if matches {
+                return Ok(self.resume(&mut st, room, id, outbox));
+            }
+        }
+        // A fresh join. The same identity already present is replaced.
+        let grace_ms = self.config.reconnect_grace.as_millis() as u64;
+        let max = self.config.max_participants;
+        let mode = self.config.default_mode.clone();
+        let room = st.rooms.entry(room_name.clone()).or_insert_with(|| Room {
+            mode,
+            participants: BTreeMap::new(),
+        });
+        let replaced: Vec<String> = room
+            .participants
+            .iter()
+            .filter(|(_, p)| p.info.identity == claims.sub)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if room.participants.len() - replaced.len() >= max {
+            let empty = room.participants.is_empty();
+            if empty {
+                st.rooms.remove(&room_name);
+            }
+            return Err(ProtocolError::new(
+                ErrorCode::RoomFull,
+                format!("room `{room_name}` has its maximum of {max} participants"),
+            ));
+        }
+        for old in replaced {
+            self.remove_locked(&mut st, &room_name, &old, "replaced");
+        }
+        let id = format!("p_{}", random_hex(6));
+        let resume = random_hex(16);
+        let info = ParticipantInfo {
+            id: id.clone(),
+            identity: claims.sub.clone(),
+            name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
+            metadata: metadata.unwrap_or_else(|| Value::Object(Default::default())),
+        };
+        let permissions = Permissions {
+            can_publish: claims.video.can_publish.unwrap_or(true),
+            can_subscribe: claims.video.can_subscribe.unwrap_or(true),
+            can_publish_data: claims.video.can_publish_data.unwrap_or(true),
+        };
+        let Some(room) = st.rooms.get_mut(&room_name) else {
+            return Err(ProtocolError::new(ErrorCode::Internal, "room vanished"));
+        };
+        let others: Vec<ParticipantInfo> =
+            room.participants.values().map(|p| p.info.clone()).collect();
+        let announce: Arc<str> = ServerMessage::ParticipantJoined {
+            participant: info.clone(),
+        }
+        .to_text()
+        .into();
+        for p in room.participants.values() {
+            if let Some(c) = &p.conn {
+                c.text(&announce);
+            }
+        }
+        let joined = ServerMessage::Joined {
+            protocol: PROTOCOL_VERSION,
+            participant: info.clone(),
+            room: room_info(&room_name, room),
+            participants: others,
+            ice_servers: (self.ice)(&id),
+            resume_token: resume.clone(),
+            resumed: false,
+            reconnect_grace_ms: grace_ms,
+            permissions,
+        };
+        outbox.push(Outbound::Text(joined.to_text().into()));
+        room.participants.insert(
+            id.clone(),
+            Participant {
+                info,
+                permissions,
+                resume_token: resume.clone(),
+                conn: Some(outbox),
+                generation: 0,
+            },
+        );
+        st.resume.insert(resume, (room_name.clone(), id.clone()));
+        Self::update_gauges(&st);
+        metrics::counter!("signal_joins_total", "resumed" => "false").increment(1);
+        tracing::info!(room = %room_name, participant = %id, identity = %claims.sub, "participant joined");
+        Ok(Seat {
+            room: room_name,
+            id,
+        })
+    }
+
+    fn resume(&self, st: &mut State, room_name: String, id: String, outbox: Outbox) -> Seat {
+        let grace_ms = self.config.reconnect_grace.as_millis() as u64;
+        let new_token = random_hex(16);
+        let ice = (self.ice)(&id);
+        let mut old_token = None;
+        if let Some(room) = st.rooms.get_mut(&room_name) {
+            let others: Vec<ParticipantInfo> = room
+                .participants
+                .values()
+                .filter(|p| p.info.id != id)
+                .map(|p| p.info.clone())
+                .collect();
+            let info = room_info(&room_name, room);
+            if let Some(p) = room.participants.get_mut(&id) {
+                if let Some(old) = p.conn.take() {
+                    old.push(Outbound::Close(4000, "resumed elsewhere"));
+                }
+                p.generation += 1;
+                old_token = Some(std::mem::replace(&mut p.resume_token, new_token.clone()));
+                let joined = ServerMessage::Joined {
+                    protocol: PROTOCOL_VERSION,
+                    participant: p.info.clone(),
+                    room: info,
+                    participants: others,
+                    ice_servers: ice,
+                    resume_token: new_token.clone(),
+                    resumed: true,
+                    reconnect_grace_ms: grace_ms,
+                    permissions: p.permissions,
+                };
+                outbox.push(Outbound::Text(joined.to_text().into()));
+                p.conn = Some(outbox);
+            }
+        }
+        if let Some(t) = old_token {
+            st.resume.remove(&t);
+        }
+        st.resume.insert(new_token, (room_name.clone(), id.clone()));
+        metrics::counter!("signal_joins_total", "resumed" => "true").increment(1);
+        tracing::info!(room = %room_name, participant = %id, "participant resumed");
+        Seat {
+            room: room_name,
+            id,
+        }
+    }
+
+    /// Relay `msg` from `from` to participant `to` of the same room.
+    pub fn relay(&self, seat: &Seat, to: &str, msg: &ServerMessage) -> Result<(), ProtocolError> {
+        let st = self.lock();
+        let target = st
+            .rooms
+            .get(&seat.room)
+            .and_then(|r| r.participants.get(to))
+            .filter(|_| to != seat.id);
+        match target {
+            Some(p) => {
+                if let Some(c) = &p.conn {
+                    c.push(Outbound::Text(msg.to_text().into()));
+                }
+                Ok(())
+            }
+            None => Err(ProtocolError::new(
+                ErrorCode::UnknownParticipant,
+                format!(
+                    "no participant `{}` in this room",
+                    to.chars().take(64).collect::<String>()
+                ),
+            )),
+        }
+    }
+
+    /// Change name and/or metadata; `participant_updated` goes to everyone in the room, the sender included.
+    pub fn update(&self, seat: &Seat, name: Option<String>, metadata: Option<Value>) {
+        let st = &mut *self.lock();
+        let Some(room) = st.rooms.get_mut(&seat.room) else {
+            return;
+        };
+        let Some(p) = room.participants.get_mut(&seat.id) else {
+            return;
+        };
+        if let Some(n) = name {
+            p.info.name = n;
+        }
+        if let Some(m) = metadata {
+            p.info.metadata = m;
+        }
+        let text: Arc<str> = ServerMessage::ParticipantUpdated {
+            participant: p.info.clone(),
+        }
+        .to_text()
+        .into();
+        for p in room.participants.values() {
+            if let Some(c) = &p.conn {
+                c.text(&text);
+            }
+        }
+    }
+
+    /// Remove the participant now (`leave`, kick).
+    pub fn leave(&self, seat: &Seat, reason: &'static str) {
+        let mut st = self.lock();
+        self.remove_locked(&mut st, &seat.room, &seat.id, reason);
+    }
+
+    fn remove_locked(&self, st: &mut State, room_name: &str, id: &str, reason: &'static str) {
+        let Some(room) = st.rooms.get_mut(room_name) else {
+            return;
+        };
+        let Some(p) = room.participants.remove(id) else {
+            return;
+        };
+        if reason == "replaced" {
+            if let Some(c) = &p.conn {
+                let e = ServerMessage::error(&ProtocolError::new(
+                    ErrorCode::Replaced,
+                    "the same identity joined the room from another connection",
+                ));
+                c.push(Outbound::Text(e.to_text().into()));
+                c.push(Outbound::Close(4001, "replaced"));
+            }
+        }
+        let text: Arc<str> = ServerMessage::ParticipantLeft {
+            id: id.to_owned(),
+            reason,
+        }
+        .to_text()
+        .into();
+        for other in room.participants.values() {
+            if let Some(c) = &other.conn {
+                c.text(&text);
+            }
+        }
+        let empty = room.participants.is_empty();
+        st.resume.remove(&p.resume_token);
+        if empty {
+            st.rooms.remove(room_name);
+        }
+        Self::update_gauges(st);
+        tracing::info!(room = %room_name, participant = %id, reason, "participant left");
+    }
+
+    /// The connection `conn_id` of `seat` dropped without `leave`: keep the seat for the grace period.
+    pub fn disconnected(self: &Arc<Self>, seat: &Seat, conn_id: u64) {
+        let generation = {
+            let mut st = self.lock();
+            let Some(p) = st
+                .rooms
+                .get_mut(&seat.room)
+                .and_then(|r| r.participants.get_mut(&seat.id))
+            else {
+                return;
+            };
+            match &p.conn {
+                Some(c) if c.id == conn_id => p.conn = None,
+                _ => return, // already resumed on another connection
+            }
+            p.generation
+        };
+        let hub = self.clone();
+        let seat = seat.clone();
+        let grace = self.config.reconnect_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let mut st = hub.lock();
+            let expired = st
+                .rooms
+                .get(&seat.room)
+                .and_then(|r| r.participants.get(&seat.id))
+                .is_some_and(|p| p.conn.is_none() && p.generation == generation);
+            if expired {
+                hub.remove_locked(&mut st, &seat.room, &seat.id, "timeout");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::VideoGrant;
+
+    fn hub(max: usize, grace_ms: u64) -> Arc<Hub> {
+        Hub::new(
+            HubConfig {
+                max_participants: max,
+                reconnect_grace: Duration::from_millis(grace_ms),
+                default_mode: "mesh".into(),
+            },
+            Arc::new(|_| Vec::new()),
+        )
+    }
+
+    fn claims(identity: &str, room: &str) -> Claims {
+        Claims::new(identity, VideoGrant::join(room), Duration::from_secs(60))
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Outbound::Text(t) = m {
+                out.push(serde_json::from_str(&t).unwrap());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn second_joiner_gets_roster_and_first_sees_participant_joined() {
+        let h = hub(16, 1000);
+        let (a, mut ra, _) = Outbox::new(1, 16);
+        let (b, mut rb, _) = Outbox::new(2, 16);
+        let sa = h.join(&claims("alice", "r"), None, None, a).unwrap();
+        let sb = h.join(&claims("bob", "r"), None, None, b).unwrap();
+        let jb = drain(&mut rb);
+        assert_eq!(jb[0]["type"], "joined");
+        assert_eq!(jb[0]["participants"][0]["id"], sa.id.as_str());
+        let ja = drain(&mut ra);
+        assert_eq!(ja[1]["type"], "participant_joined");
+        assert_eq!(ja[1]["participant"]["id"], sb.id.as_str());
+    }
+
+    #[tokio::test]
+    async fn relay_only_reaches_participants_of_the_same_room() {
+        let h = hub(16, 1000);
+        let (a, _ra, _) = Outbox::new(1, 16);
+        let (b, mut rb, _) = Outbox::new(2, 16);
+        let (c, _rc, _) = Outbox::new(3, 16);
+        let sa = h.join(&claims("alice", "r1"), None, None, a).unwrap();
+        let sb = h.join(&claims("bob", "r1"), None, None, b).unwrap();
+        let sc = h.join(&claims("carol", "r2"), None, None, c).unwrap();
+        drain(&mut rb);
+        let msg = ServerMessage::Offer {
+            from: sa.id.clone(),
+            sdp: "v=0".into(),
+        };
+        h.relay(&sa, &sb.id, &msg).unwrap();
+        assert_eq!(drain(&mut rb)[0]["from"], sa.id.as_str());
+        let err = h.relay(&sa, &sc.id, &msg).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownParticipant);
+        assert_eq!(
+            h.relay(&sa, &sa.id, &msg).unwrap_err().code,
+            ErrorCode::UnknownParticipant
+        );
+    }
+
+    #[tokio::test]
+    async fn full_room_refuses_join() {
+        let h = hub(2, 1000);
+        for (i, who) in ["a", "b"].iter().enumerate() {
+            let (o, _r, _) = Outbox::new(i as u64, 16);
+            h.join(&claims(who, "r"), None, None, o).unwrap();
+        }
+        let (o, _r, _) = Outbox::new(9, 16);
+        assert_eq!(
+            h.join(&claims("c", "r"), None, None, o).unwrap_err().code,
+            ErrorCode::RoomFull
+        );
+    }
+
+    #[tokio::test]
+    async fn resume_within_grace_keeps_id_and_others_see_no_leave() {
+        let h = hub(16, 300);
+        let (a, mut ra, _) = Outbox::new(1, 16);
+        let (b, _rb, _) = Outbox::new(2, 16);
+        h.join(&claims("alice", "r"), None, None, a).unwrap();
+        let sb = h.join(&claims("bob", "r"), None, None, b).unwrap();
+        drain(&mut ra);
+        h.disconnected(&sb, 2);
+        let (b2, mut rb2, _) = Outbox::new(3, 16);
+        let (_, first) = {
+            let st = h.lock();
+            let p = &st.rooms["r"].participants[&sb.id];
+            (p.generation, p.resume_token.clone())
+        };
+        let s2 = h.join(&claims("bob", "r"), Some(&first), None, b2).unwrap();
+        assert_eq!(s2, sb);
+        let j = drain(&mut rb2);
+        assert_eq!(j[0]["resumed"], true);
+        assert_ne!(j[0]["resume_token"], first.as_str());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(drain(&mut ra).is_empty(), "alice saw something");
+        assert_eq!(h.counts().1, 2);
+    }
+
+    #[tokio::test]
+    async fn grace_expiry_announces_timeout() {
+        let h = hub(16, 100);
+        let (a, mut ra, _) = Outbox::new(1, 16);
+        let (b, _rb, _) = Outbox::new(2, 16);
+        h.join(&claims("alice", "r"), None, None, a).unwrap();
+        let sb = h.join(&claims("bob", "r"), None, None, b).unwrap();
+        drain(&mut ra);
+        h.disconnected(&sb, 2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = drain(&mut ra);
+        assert_eq!(got[0]["type"], "participant_left");
+        assert_eq!(got[0]["reason"], "timeout");
+    }
+
+    #[tokio::test]
+    async fn same_identity_fresh_join_replaces_old_session() {
+        let h = hub(16, 1000);
+        let (a, mut ra, _) = Outbox::new(1, 16);
+        let (b, mut rb, _) = Outbox::new(2, 16);
+        let (a2, _ra2, _) = Outbox::new(3, 16);
+        let sa = h.join(&claims("alice", "r"), None, None, a).unwrap();
+        h.join(&claims("bob", "r"), None, None, b).unwrap();
+        drain(&mut ra);
+        drain(&mut rb);
+        h.join(&claims("alice", "r"), None, None, a2).unwrap();
+        let to_old = drain(&mut ra);
+        assert_eq!(to_old[0]["code"], "replaced");
+        let to_bob = drain(&mut rb);
+        assert_eq!(to_bob[0]["type"], "participant_left");
+        assert_eq!(to_bob[0]["id"], sa.id.as_str());
+        assert_eq!(to_bob[0]["reason"], "replaced");
+        assert_eq!(to_bob[1]["type"], "participant_joined");
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_is_killed_not_waited_for() {
+        let h = hub(16, 1000);
+        let (a, _ra, kill) = Outbox::new(1, 2);
+        h.join(&claims("alice", "r"), None, None, a).unwrap();
+        for i in 0..5 {
+            let (o, _r, _) = Outbox::new(10 + i, 16);
+            h.join(&claims(&format!("p{i}"), "r"), None, None, o)
+                .unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(1), kill.notified())
+            .await
+            .expect("kill notified");
+    }
+}

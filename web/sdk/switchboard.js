@@ -1,0 +1,1114 @@
+// Switchboard browser SDK (protocol version 1).
+//
+// Plain ES module, no build step, no dependency. Served by `switchboard serve` at `/sdk/switchboard.js`.
+// Types and documentation: `switchboard.d.ts` next to this file; the wire protocol: `docs/protocol.md`.
+//
+//   import { connect } from '/sdk/switchboard.js';
+//   const room = await connect('/ws', token);
+//   room.on('track', (participant, track, stream) => { ... });
+//   await room.publish({ camera: true, microphone: true });
+//
+// Mesh rooms: one RTCPeerConnection per remote participant, W3C "perfect negotiation" (the peer whose id sorts
+// lower is impolite), trickle ICE through the signaling server. Once a peer connection is up, media and data
+// flow without the signaling server: losing the WebSocket never closes a peer connection.
+
+export const PROTOCOL_VERSION = 1;
+
+/** Data-channel ids (negotiated out of band, identical on both sides). */
+const CHANNELS = {
+  data: { id: 0, label: 'data', init: { ordered: true } },
+  lossy: { id: 1, label: 'lossy', init: { ordered: false, maxRetransmits: 0 } },
+  file: { id: 2, label: 'file', init: { ordered: true } },
+};
+
+/** Socket-closing error codes: reconnecting with the same credentials would fail the same way. */
+const FATAL_CODES = new Set(['unauthorized', 'forbidden', 'room_full', 'unsupported_protocol', 'replaced']);
+
+const FILE_CHUNK = 16 * 1024;
+const FILE_HIGH_WATER = 1024 * 1024;
+const FILE_LOW_WATER = 256 * 1024;
+const PING_INTERVAL_MS = 15000;
+const OFFER_WATCHDOG_MS = 8000;
+const DISCONNECTED_RESTART_MS = 3000;
+
+function wsUrlFrom(url) {
+  const base = typeof location !== 'undefined' ? location.href : 'http://127.0.0.1/';
+  const u = new URL(url || '/ws', base);
+  if (u.protocol === 'http:') u.protocol = 'ws:';
+  if (u.protocol === 'https:') u.protocol = 'wss:';
+  if (u.pathname === '/' || u.pathname === '') u.pathname = '/ws';
+  return u.toString();
+}
+
+function toHex(buf) {
+  return Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** SHA-256 of a Blob / ArrayBuffer as lowercase hex (crypto.subtle; needs a secure context or localhost). */
+export async function sha256Hex(data) {
+  const buf = data instanceof Blob ? await data.arrayBuffer() : data;
+  return toHex(await crypto.subtle.digest('SHA-256', buf));
+}
+
+function randomId() {
+  const a = new Uint8Array(8);
+  crypto.getRandomValues(a);
+  return toHex(a.buffer);
+}
+
+/** Minimal event emitter: `on(event, fn)`, `off(event, fn)`, `once(event, fn)`. */
+class Emitter {
+  constructor() {
+    this._handlers = new Map();
+  }
+  on(event, fn) {
+    if (!this._handlers.has(event)) this._handlers.set(event, new Set());
+    this._handlers.get(event).add(fn);
+    return this;
+  }
+  off(event, fn) {
+    const set = this._handlers.get(event);
+    if (set) {
+      if (fn) set.delete(fn);
+      else set.clear();
+    }
+    return this;
+  }
+  once(event, fn) {
+    const wrap = (...args) => {
+      this.off(event, wrap);
+      fn(...args);
+    };
+    return this.on(event, wrap);
+  }
+  emit(event, ...args) {
+    const set = this._handlers.get(event);
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        console.error(`switchboard: handler for "${event}" threw`, err);
+      }
+    }
+  }
+}
+
+/** A participant of the room (remote, or `room.localParticipant`). */
+export class Participant {
+  constructor(info, isLocal = false) {
+    this.id = info.id;
+    this.identity = info.identity;
+    this.name = info.name || info.identity;
+    this.metadata = info.metadata || {};
+    this.isLocal = isLocal;
+    /** @type {Map<string, MediaStream>} remote streams by id */
+    this.streams = new Map();
+    /** @type {Set<MediaStreamTrack>} */
+    this.tracks = new Set();
+  }
+  _update(info) {
+    if (info.identity) this.identity = info.identity;
+    if (info.name) this.name = info.name;
+    if (info.metadata && typeof info.metadata === 'object') this.metadata = info.metadata;
+  }
+  get audioMuted() {
+    return !!this.metadata.muted_audio;
+  }
+  get videoMuted() {
+    return !!this.metadata.muted_video;
+  }
+  /** What a remote stream carries, from the publisher's metadata: 'camera', 'screen' or undefined. */
+  streamKind(streamId) {
+    const s = this.metadata.streams;
+    return s && typeof s === 'object' ? s[streamId] : undefined;
+  }
+}
+
+/** One mesh link: the RTCPeerConnection to one remote participant and its data channels. */
+class Peer {
+  constructor(room, participant) {
+    this.room = room;
+    this.participant = participant;
+    this.id = participant.id;
+    // Role rule (protocol.md): the peer whose id sorts lower is impolite.
+    this.polite = room.localParticipant.id > participant.id;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.channels = {};
+    this.senders = new Map(); // MediaStreamTrack -> RTCRtpSender
+    this.tracksAttached = false;
+    this.pendingNegotiation = false;
+    this.queue = Promise.resolve();
+    this.disconnectTimer = null;
+    this.offerWatchdog = null;
+    this.closed = false;
+    this.prevStats = null;
+    this.outbox = []; // messages queued until the data channel opens
+    this.fileRx = null;
+    this.fileTxQueue = Promise.resolve();
+    this.fileAcks = new Map();
+
+    const pc = new RTCPeerConnection({
+      iceServers: room.iceServers,
+      iceTransportPolicy: room.options.iceTransportPolicy || 'all',
+      bundlePolicy: 'max-bundle',
+    });
+    this.pc = pc;
+
+    pc.onicecandidate = ({ candidate }) => {
+      if (!candidate) return; // end-of-candidates is implicit; the peer does not need it
+      this.room._send({
+        type: 'candidate',
+        to: this.id,
+        candidate: {
+          candidate: candidate.candidate,
+          sdp_mid: candidate.sdpMid,
+          sdp_mline_index: candidate.sdpMLineIndex,
+          username_fragment: candidate.usernameFragment,
+        },
+      });
+    };
+
+    pc.onnegotiationneeded = () => this._negotiate();
+
+    pc.ontrack = ({ track, streams }) => {
+      const stream = streams[0] || new MediaStream([track]);
+      const p = this.participant;
+      p.streams.set(stream.id, stream);
+      p.tracks.add(track);
+      if (!stream._sbWatched) {
+        stream._sbWatched = true;
+        stream.addEventListener('removetrack', (ev) => {
+          p.tracks.delete(ev.track);
+          if (stream.getTracks().length === 0) p.streams.delete(stream.id);
+          this.room.emit('track_removed', p, ev.track, stream);
+        });
+      }
+      this.room.emit('track', p, track, stream);
+    };
+
+    pc.onconnectionstatechange = () => {
+      const state = pc.connectionState;
+      this.room.emit('connection_state', this.participant, state);
+      clearTimeout(this.disconnectTimer);
+      if (state === 'failed') {
+        this.restartIce();
+      } else if (state === 'disconnected') {
+        this.disconnectTimer = setTimeout(() => {
+          if (!this.closed && pc.connectionState === 'disconnected') this.restartIce();
+        }, DISCONNECTED_RESTART_MS);
+      } else if (state === 'connected') {
+        this.pendingRestart = false;
+      }
+    };
+    pc.onsignalingstatechange = () => {
+      if (pc.signalingState === 'stable') clearTimeout(this.offerWatchdog);
+    };
+  }
+
+  /** Adds our published tracks and the negotiated data channels (once). */
+  attachLocal() {
+    if (!this.tracksAttached) {
+      this.tracksAttached = true;
+      for (const { track, stream } of this.room._localTracks()) this.addTrack(track, stream);
+    }
+    for (const [key, spec] of Object.entries(CHANNELS)) {
+      if (this.channels[key]) continue;
+      const dc = this.pc.createDataChannel(spec.label, { ...spec.init, negotiated: true, id: spec.id });
+      dc.binaryType = 'arraybuffer';
+      this.channels[key] = dc;
+      this._wireChannel(key, dc);
+    }
+  }
+
+  _wireChannel(key, dc) {
+    dc.onopen = () => {
+      this.room.emit('channel_open', this.participant, dc.label);
+      if (key === 'data') {
+        const out = this.outbox;
+        this.outbox = [];
+        for (const m of out) this._sendOn(m.key, m.data);
+      }
+    };
+    dc.onmessage = (ev) => {
+      if (key === 'file') this._onFileMessage(ev.data);
+      else this.room.emit('data', this.participant, ev.data, dc.label);
+    };
+  }
+
+  addTrack(track, stream) {
+    if (this.senders.has(track) || this.closed) return;
+    this.senders.set(track, this.pc.addTrack(track, stream));
+  }
+
+  removeTrack(track) {
+    const sender = this.senders.get(track);
+    if (!sender) return;
+    this.senders.delete(track);
+    try {
+      this.pc.removeTrack(sender);
+    } catch (_) {
+      /* already closed */
+    }
+  }
+
+  async _negotiate({ iceRestart = false } = {}) {
+    if (this.closed) return;
+    if (!this.room._signalingOpen()) {
+      this.pendingNegotiation = true;
+      if (iceRestart) this.pendingRestart = true;
+      return;
+    }
+    try {
+      this.makingOffer = true;
+      if (iceRestart) {
+        const offer = await this.pc.createOffer({ iceRestart: true });
+        if (this.pc.signalingState !== 'stable') return; // an incoming offer won; it will be answered instead
+        await this.pc.setLocalDescription(offer);
+      } else {
+        await this.pc.setLocalDescription();
+      }
+      if (this.pc.localDescription.type !== 'offer') return;
+      this.pendingNegotiation = false;
+      this.room._send({ type: 'offer', to: this.id, sdp: this.pc.localDescription.sdp });
+      this._armWatchdog();
+    } catch (err) {
+      this.room._emitError('negotiation_failed', `offer to ${this.id} failed: ${err.message || err}`);
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  // An offer whose answer never comes (lost while the signaling socket was down, or ignored in a collision):
+  // roll back and offer again with an ICE restart.
+  _armWatchdog() {
+    clearTimeout(this.offerWatchdog);
+    this.offerWatchdog = setTimeout(async () => {
+      if (this.closed || this.pc.signalingState !== 'have-local-offer') return;
+      if (!this.room._signalingOpen()) {
+        this.pendingNegotiation = true;
+        return;
+      }
+      try {
+        await this.pc.setLocalDescription({ type: 'rollback' });
+      } catch (_) {
+        /* ignore */
+      }
+      this._negotiate({ iceRestart: true });
+    }, OFFER_WATCHDOG_MS);
+  }
+
+  restartIce() {
+    if (this.closed) return;
+    if (!this.room._signalingOpen()) {
+      this.pendingRestart = true;
+      return;
+    }
+    this.pendingRestart = false;
+    if (this.pc.signalingState === 'stable') this._negotiate({ iceRestart: true });
+    else this.pc.restartIce(); // applied to the next offer
+  }
+
+  /** Called after the signaling socket came back (resumed session). */
+  async afterResume() {
+    if (this.closed) return;
+    const pc = this.pc;
+    if (pc.signalingState === 'have-local-offer') {
+      // Its answer may have been lost during the gap: start over.
+      try {
+        await pc.setLocalDescription({ type: 'rollback' });
+      } catch (_) {
+        /* ignore */
+      }
+      this._negotiate({ iceRestart: pc.connectionState !== 'connected' || this.pendingRestart });
+    } else if (this.pendingRestart || pc.connectionState === 'failed' || pc.connectionState === 'disconnected') {
+      this.restartIce();
+    } else if (this.pendingNegotiation) {
+      this._negotiate();
+    }
+  }
+
+  /** Serializes handling of signaling messages from this peer. */
+  enqueue(fn) {
+    this.queue = this.queue.then(fn).catch((err) => {
+      this.room._emitError('negotiation_failed', `peer ${this.id}: ${err.message || err}`);
+    });
+    return this.queue;
+  }
+
+  async onDescription(type, sdp) {
+    if (this.closed) return;
+    const pc = this.pc;
+    const offerCollision = type === 'offer' && (this.makingOffer || pc.signalingState !== 'stable');
+    this.ignoreOffer = !this.polite && offerCollision;
+    if (this.ignoreOffer) return;
+    if (type === 'answer' && pc.signalingState !== 'have-local-offer') return; // stale answer
+    await pc.setRemoteDescription({ type, sdp }); // the polite peer rolls back implicitly
+    if (type === 'offer') {
+      this.attachLocal(); // reuses the offered transceivers: one round trip for a full call
+      await pc.setLocalDescription();
+      this.room._send({ type: 'answer', to: this.id, sdp: pc.localDescription.sdp });
+    }
+  }
+
+  async onCandidate(c) {
+    if (this.closed || !c) return;
+    try {
+      await this.pc.addIceCandidate({
+        candidate: c.candidate,
+        sdpMid: c.sdp_mid ?? null,
+        sdpMLineIndex: c.sdp_mline_index ?? null,
+        usernameFragment: c.username_fragment ?? undefined,
+      });
+    } catch (err) {
+      if (!this.ignoreOffer) {
+        // Candidates of a superseded ICE generation are harmless; report others.
+        if (this.pc.remoteDescription) console.debug('switchboard: candidate rejected', err.message);
+      }
+    }
+  }
+
+  _sendOn(key, data) {
+    const dc = this.channels[key];
+    if (!dc || dc.readyState !== 'open') {
+      if (key !== 'lossy' && this.outbox.length < 1000) this.outbox.push({ key, data });
+      return false;
+    }
+    dc.send(data);
+    return true;
+  }
+
+  // ---- file transfer (channel "file"): JSON control strings + binary chunks, one file at a time ----
+
+  sendFile(file, transferId, onProgress) {
+    const run = async () => {
+      const dc = this.channels.file;
+      if (!dc) throw new Error(`no file channel to ${this.id}`);
+      if (dc.readyState !== 'open') {
+        await new Promise((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error('file channel did not open')), 15000);
+          dc.addEventListener('open', () => { clearTimeout(t); resolve(); }, { once: true });
+        });
+      }
+      dc.bufferedAmountLowThreshold = FILE_LOW_WATER;
+      const sha256 = await sha256Hex(file);
+      const ack = new Promise((resolve, reject) => {
+        this.fileAcks.set(transferId, { resolve, reject });
+        dc.addEventListener('close', () => reject(new Error('file channel closed')), { once: true });
+      });
+      dc.send(JSON.stringify({ t: 'start', id: transferId, name: file.name || 'file', size: file.size, mime: file.type || 'application/octet-stream', sha256 }));
+      let sent = 0;
+      while (sent < file.size) {
+        if (dc.readyState !== 'open') throw new Error('file channel closed');
+        if (dc.bufferedAmount > FILE_HIGH_WATER) {
+          await new Promise((resolve) => {
+            const done = () => { dc.removeEventListener('bufferedamountlow', done); dc.removeEventListener('close', done); resolve(); };
+            dc.addEventListener('bufferedamountlow', done);
+            dc.addEventListener('close', done);
+          });
+          continue;
+        }
+        // Read a batch of chunks at once (fewer Blob reads), then send them chunk by chunk.
+        const end = Math.min(file.size, sent + FILE_CHUNK * 16);
+        const buf = await file.slice(sent, end).arrayBuffer();
+        for (let off = 0; off < buf.byteLength; off += FILE_CHUNK) {
+          dc.send(buf.slice(off, Math.min(buf.byteLength, off + FILE_CHUNK)));
+        }
+        sent = end;
+        onProgress(sent);
+      }
+      dc.send(JSON.stringify({ t: 'end', id: transferId }));
+      return ack;
+    };
+    const p = this.fileTxQueue.then(run, run);
+    this.fileTxQueue = p.catch(() => {});
+    return p;
+  }
+
+  async _onFileMessage(data) {
+    const room = this.room;
+    if (typeof data === 'string') {
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch (_) {
+        return;
+      }
+      if (msg.t === 'start') {
+        this.fileRx = { id: msg.id, name: msg.name, size: msg.size, mime: msg.mime, sha256: msg.sha256, chunks: [], received: 0 };
+        room.emit('file_progress', { id: msg.id, direction: 'receive', participant: this.participant, name: msg.name, bytes: 0, size: msg.size });
+      } else if (msg.t === 'end') {
+        const rx = this.fileRx;
+        this.fileRx = null;
+        if (!rx || rx.id !== msg.id) return;
+        const blob = new Blob(rx.chunks, { type: rx.mime });
+        rx.chunks = null;
+        const actual = await sha256Hex(blob);
+        const ok = actual === rx.sha256 && blob.size === rx.size;
+        this.channels.file?.readyState === 'open' && this.channels.file.send(JSON.stringify({ t: 'ack', id: rx.id, ok, sha256: actual }));
+        room.emit('file', this.participant, { id: rx.id, name: rx.name, size: blob.size, mime: rx.mime, blob, sha256: actual, expectedSha256: rx.sha256, checksumOk: ok });
+      } else if (msg.t === 'ack') {
+        const waiter = this.fileAcks.get(msg.id);
+        if (waiter) {
+          this.fileAcks.delete(msg.id);
+          waiter.resolve({ participantId: this.id, ok: !!msg.ok, sha256: msg.sha256 });
+        }
+      }
+      return;
+    }
+    const rx = this.fileRx;
+    if (!rx) return;
+    rx.chunks.push(data);
+    const before = rx.received;
+    rx.received += data.byteLength;
+    // Progress about every 256 KiB and at the end.
+    if (Math.floor(before / 262144) !== Math.floor(rx.received / 262144) || rx.received >= rx.size) {
+      room.emit('file_progress', { id: rx.id, direction: 'receive', participant: this.participant, name: rx.name, bytes: rx.received, size: rx.size });
+    }
+  }
+
+  // ---- stats ----
+
+  async stats() {
+    const report = await this.pc.getStats();
+    const now = performance.now();
+    const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
+    });
+    if (!pair) {
+      report.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.state === 'succeeded' && (s.nominated || s.selected)) pair = pair || s;
+      });
+    }
+    const cand = (id) => {
+      const c = id && byId.get(id);
+      return c ? { type: c.candidateType, protocol: c.protocol, address: c.address ?? c.ip, port: c.port, relayProtocol: c.relayProtocol } : null;
+    };
+    const out = {
+      participantId: this.id,
+      name: this.participant.name,
+      connectionState: this.pc.connectionState,
+      iceConnectionState: this.pc.iceConnectionState,
+      local: pair ? cand(pair.localCandidateId) : null,
+      remote: pair ? cand(pair.remoteCandidateId) : null,
+      path: null,
+      rttMs: pair && pair.currentRoundTripTime != null ? pair.currentRoundTripTime * 1000 : null,
+      bytesSent: 0,
+      bytesReceived: 0,
+      inboundBitrate: 0,
+      outboundBitrate: 0,
+      video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, packetsLost: 0, frameWidth: 0, frameHeight: 0 },
+      audio: { totalSamplesReceived: 0, packetsReceived: 0, packetsLost: 0 },
+      packetLoss: 0,
+      dataChannels: {},
+      timestamp: Date.now(),
+    };
+    if (out.local && out.remote) out.path = out.local.type === 'relay' || out.remote.type === 'relay' ? 'relay' : 'direct';
+    let inBytes = 0;
+    let outBytes = 0;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp') {
+        inBytes += s.bytesReceived || 0;
+        const k = s.kind || s.mediaType;
+        if (k === 'video') {
+          out.video.framesDecoded += s.framesDecoded || 0;
+          out.video.framesReceived += s.framesReceived || 0;
+          out.video.packetsReceived += s.packetsReceived || 0;
+          out.video.packetsLost += s.packetsLost || 0;
+          out.video.frameWidth = Math.max(out.video.frameWidth, s.frameWidth || 0);
+          out.video.frameHeight = Math.max(out.video.frameHeight, s.frameHeight || 0);
+        } else if (k === 'audio') {
+          out.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
+          out.audio.packetsReceived += s.packetsReceived || 0;
+          out.audio.packetsLost += s.packetsLost || 0;
+        }
+      } else if (s.type === 'outbound-rtp') {
+        outBytes += s.bytesSent || 0;
+      } else if (s.type === 'data-channel') {
+        out.dataChannels[s.label] = { state: s.state, messagesSent: s.messagesSent, messagesReceived: s.messagesReceived, bytesSent: s.bytesSent, bytesReceived: s.bytesReceived };
+      }
+    });
+    if (pair) {
+      out.bytesSent = pair.bytesSent || 0;
+      out.bytesReceived = pair.bytesReceived || 0;
+    }
+    const rx = Math.max(inBytes, out.bytesReceived);
+    const tx = Math.max(outBytes, out.bytesSent);
+    if (this.prevStats && now > this.prevStats.t) {
+      const dt = (now - this.prevStats.t) / 1000;
+      out.inboundBitrate = Math.max(0, ((rx - this.prevStats.rx) * 8) / dt);
+      out.outboundBitrate = Math.max(0, ((tx - this.prevStats.tx) * 8) / dt);
+    }
+    this.prevStats = { t: now, rx, tx };
+    const recv = out.video.packetsReceived + out.audio.packetsReceived;
+    const lost = out.video.packetsLost + out.audio.packetsLost;
+    out.packetLoss = recv + lost > 0 ? lost / (recv + lost) : 0;
+    return out;
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.disconnectTimer);
+    clearTimeout(this.offerWatchdog);
+    for (const w of this.fileAcks.values()) w.reject(new Error('peer closed'));
+    this.fileAcks.clear();
+    try {
+      this.pc.close();
+    } catch (_) {
+      /* ignore */
+    }
+  }
+}
+
+/**
+ * A room session. Create with `connect(url, token, options)`, or `new Room(url, token, options)`, attach
+ * handlers, optionally `publish()`, then `await room.connect()`.
+ */
+export class Room extends Emitter {
+  constructor(url, token, options = {}) {
+    super();
+    this.url = wsUrlFrom(url);
+    this.token = token;
+    this.options = { iceTransportPolicy: 'all', reconnect: true, ...options };
+    this.localParticipant = null;
+    /** @type {Map<string, Participant>} remote participants by id */
+    this.participants = new Map();
+    /** @type {Map<string, Peer>} */
+    this.peers = new Map();
+    this.iceServers = [];
+    this.roomInfo = null;
+    this.permissions = null;
+    this.signalingState = 'new';
+    this.resumeToken = null;
+    this.reconnectGraceMs = 20000;
+    this.localStreams = { camera: null, screen: null };
+    this.localMetadata = { ...(options.metadata || {}) };
+    this._ws = null;
+    this._left = false;
+    this._pingTimer = null;
+    this._lastPong = 0;
+    this._pongWaiters = new Map();
+    this._reconnectAttempt = 0;
+    this._reconnectTimer = null;
+    this._disconnectedSince = 0;
+  }
+
+  /** Opens the socket and joins; resolves once `joined` arrived (rejects on a join error). */
+  connect() {
+    return new Promise((resolve, reject) => {
+      this._openSocket(false, resolve, reject);
+    });
+  }
+
+  _signalingOpen() {
+    return this._ws && this._ws.readyState === WebSocket.OPEN && this.signalingState === 'connected';
+  }
+
+  _setSignalingState(state) {
+    if (this.signalingState === state) return;
+    this.signalingState = state;
+    this.emit('signaling_state', state);
+  }
+
+  _emitError(code, message, fatal = false) {
+    this.emit('error', { code, message, fatal });
+  }
+
+  _openSocket(resume, resolve, reject) {
+    if (this._left) return;
+    this._setSignalingState(resume ? 'reconnecting' : 'connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      reject?.(err);
+      return;
+    }
+    this._ws = ws;
+    let settled = false;
+    let fatal = null;
+    ws.onopen = () => {
+      const join = { type: 'join', token: this.token, protocol: PROTOCOL_VERSION };
+      if (resume && this.resumeToken) join.resume_token = this.resumeToken;
+      if (Object.keys(this.localMetadata).length) join.metadata = this.localMetadata;
+      ws.send(JSON.stringify(join));
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== this._ws) return;
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch (_) {
+        this._emitError('bad_message', 'server sent a message that is not JSON');
+        return;
+      }
+      if (msg.type === 'joined') {
+        this._reconnectAttempt = 0;
+        this._onJoined(msg, resume);
+        if (!settled) {
+          settled = true;
+          resolve?.(this);
+        }
+      } else if (msg.type === 'error') {
+        const isFatal = FATAL_CODES.has(msg.code);
+        if (isFatal) fatal = msg;
+        this._emitError(msg.code, msg.message || msg.code, isFatal && !(resume && msg.code === 'unauthorized'));
+      } else {
+        this._onMessage(msg);
+      }
+    };
+    ws.onclose = (ev) => {
+      if (ws !== this._ws) return;
+      this._stopPing();
+      if (this._left) {
+        this._setSignalingState('disconnected');
+        return;
+      }
+      if (!settled && !resume) {
+        // The first join failed: report it, no retry.
+        settled = true;
+        this._setSignalingState('disconnected');
+        const err = new Error(fatal ? `${fatal.code}: ${fatal.message}` : `signaling socket closed (${ev.code})`);
+        err.code = fatal ? fatal.code : 'closed';
+        reject?.(err);
+        return;
+      }
+      if (fatal && fatal.code === 'unauthorized' && this.resumeToken && resume) {
+        // The session is gone (grace period over, or the server restarted): join afresh.
+        this.resumeToken = null;
+      } else if (fatal) {
+        this._setSignalingState('disconnected');
+        return;
+      }
+      if (!this.options.reconnect) {
+        this._setSignalingState('disconnected');
+        return;
+      }
+      this._scheduleReconnect();
+    };
+  }
+
+  _scheduleReconnect() {
+    if (this._left) return;
+    this._setSignalingState('reconnecting');
+    if (!this._disconnectedSince) this._disconnectedSince = Date.now();
+    const attempt = this._reconnectAttempt++;
+    const delay = Math.min(5000, 250 * 2 ** attempt) * (0.8 + Math.random() * 0.4);
+    clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = setTimeout(() => this._openSocket(true), delay);
+  }
+
+  _startPing() {
+    this._stopPing();
+    this._lastPong = Date.now();
+    this._pingTimer = setInterval(() => {
+      if (!this._signalingOpen()) return;
+      if (Date.now() - this._lastPong > PING_INTERVAL_MS * 2 + 5000) {
+        // No pong for two intervals: the socket is dead even if the browser has not noticed yet.
+        try {
+          this._ws.close();
+        } catch (_) {
+          /* ignore */
+        }
+        return;
+      }
+      this._send({ type: 'ping', ts: Date.now() });
+    }, PING_INTERVAL_MS);
+  }
+
+  _stopPing() {
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+  }
+
+  /** Round-trip time of a `ping` to the signaling server, in ms. */
+  pingServer(timeoutMs = 5000) {
+    return new Promise((resolve, reject) => {
+      const ts = `${Date.now()}-${randomId()}`;
+      const t0 = performance.now();
+      const timer = setTimeout(() => {
+        this._pongWaiters.delete(ts);
+        reject(new Error('ping timeout'));
+      }, timeoutMs);
+      this._pongWaiters.set(ts, () => {
+        clearTimeout(timer);
+        resolve(performance.now() - t0);
+      });
+      if (!this._send({ type: 'ping', ts })) {
+        clearTimeout(timer);
+        this._pongWaiters.delete(ts);
+        reject(new Error('signaling is not connected'));
+      }
+    });
+  }
+
+  _send(msg) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  _onJoined(msg, resume) {
+    const me = msg.participant;
+    const sameSession = resume && msg.resumed && this.localParticipant && this.localParticipant.id === me.id;
+    this.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+    this.roomInfo = msg.room || null;
+    this.permissions = msg.permissions || null;
+    this.resumeToken = msg.resume_token || null;
+    if (msg.reconnect_grace_ms) this.reconnectGraceMs = msg.reconnect_grace_ms;
+    this._disconnectedSince = 0;
+    this._setSignalingState('connected');
+    this._startPing();
+
+    if (sameSession) {
+      this.localParticipant._update(me);
+      // Changes made while the socket was down (mute, name) were not sent: send the current state.
+      if (Object.keys(this.localMetadata).length) this._send({ type: 'update', metadata: this.localMetadata });
+      const roster = new Map((msg.participants || []).map((p) => [p.id, p]));
+      for (const id of [...this.participants.keys()]) {
+        if (!roster.has(id)) this._removeParticipant(id, 'left');
+      }
+      for (const info of roster.values()) {
+        const known = this.participants.get(info.id);
+        if (known) {
+          known._update(info);
+        } else {
+          // Joined during our gap: it offered to us and the offer was lost; its watchdog re-offers.
+          this._addParticipant(info);
+        }
+      }
+      for (const peer of this.peers.values()) {
+        // Fresh (time-limited) TURN credentials for the ICE restarts to come.
+        try {
+          peer.pc.setConfiguration({ ...peer.pc.getConfiguration(), iceServers: this.iceServers });
+        } catch (_) {
+          /* keep the old configuration */
+        }
+        peer.afterResume();
+      }
+      return;
+    }
+
+    // A fresh session (first join, or the previous session expired): start the mesh from scratch.
+    for (const id of [...this.participants.keys()]) this._removeParticipant(id, 'reconnected');
+    this.localParticipant = new Participant(me, true);
+    this.localParticipant.metadata = { ...this.localMetadata, ...(me.metadata || {}) };
+    const roster = msg.participants || [];
+    // Handlers are attached after `await connect()`: announce the roster and start offering on the next task.
+    setTimeout(() => {
+      if (this._left) return;
+      for (const info of roster) {
+        if (this.participants.has(info.id)) continue;
+        const p = this._addParticipant(info);
+        // Mesh rule: the participant who joins later sends the first offer to each one already present.
+        const peer = this._ensurePeer(p);
+        peer.attachLocal();
+      }
+    }, 0);
+  }
+
+  _addParticipant(info) {
+    const p = new Participant(info);
+    this.participants.set(p.id, p);
+    this.emit('participant_joined', p);
+    return p;
+  }
+
+  _removeParticipant(id, reason) {
+    const p = this.participants.get(id);
+    const peer = this.peers.get(id);
+    if (peer) {
+      peer.close();
+      this.peers.delete(id);
+    }
+    if (p) {
+      this.participants.delete(id);
+      this.emit('participant_left', p, reason);
+    }
+  }
+
+  _ensurePeer(participant) {
+    let peer = this.peers.get(participant.id);
+    if (!peer) {
+      peer = new Peer(this, participant);
+      this.peers.set(participant.id, peer);
+    }
+    return peer;
+  }
+
+  _onMessage(msg) {
+    switch (msg.type) {
+      case 'participant_joined': {
+        const info = msg.participant;
+        if (!info || !info.id) return;
+        if (this.participants.has(info.id)) this.participants.get(info.id)._update(info);
+        else this._addParticipant(info);
+        // The newcomer offers to us; our peer connection is created when its offer arrives.
+        break;
+      }
+      case 'participant_left':
+        this._removeParticipant(msg.id, msg.reason || 'left');
+        break;
+      case 'participant_updated': {
+        const info = msg.participant;
+        if (!info) return;
+        if (this.localParticipant && info.id === this.localParticipant.id) {
+          this.localParticipant._update(info);
+          this.emit('participant_updated', this.localParticipant);
+          return;
+        }
+        const p = this.participants.get(info.id);
+        if (p) {
+          p._update(info);
+          this.emit('participant_updated', p);
+        }
+        break;
+      }
+      case 'offer':
+      case 'answer': {
+        let p = this.participants.get(msg.from);
+        if (!p) p = this._addParticipant({ id: msg.from, identity: msg.from, name: msg.from });
+        const peer = this._ensurePeer(p);
+        peer.enqueue(() => peer.onDescription(msg.type, msg.sdp));
+        break;
+      }
+      case 'candidate': {
+        const peer = this.peers.get(msg.from);
+        if (peer) peer.enqueue(() => peer.onCandidate(msg.candidate));
+        break;
+      }
+      case 'pong': {
+        this._lastPong = Date.now();
+        const w = this._pongWaiters.get(msg.ts);
+        if (w) {
+          this._pongWaiters.delete(msg.ts);
+          w();
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  _localTracks() {
+    const out = [];
+    for (const stream of [this.localStreams.camera, this.localStreams.screen]) {
+      if (!stream) continue;
+      for (const track of stream.getTracks()) out.push({ track, stream });
+    }
+    return out;
+  }
+
+  /**
+   * Publishes camera, microphone and/or screen. `camera`/`microphone` may be `true` or constraints; or pass a
+   * ready `stream`. Returns the local MediaStreams `{camera, screen}`.
+   */
+  async publish({ camera = false, microphone = false, screen = false, stream = null } = {}) {
+    if (stream) {
+      this._setCameraStream(stream);
+    } else if (camera || microphone) {
+      const s = await navigator.mediaDevices.getUserMedia({
+        video: camera ? (camera === true ? { width: 640, height: 480 } : camera) : false,
+        audio: microphone ? (microphone === true ? true : microphone) : false,
+      });
+      this._setCameraStream(s);
+    }
+    if (screen) {
+      const s = await navigator.mediaDevices.getDisplayMedia({ video: screen === true ? true : screen, audio: false });
+      this.localStreams.screen = s;
+      for (const track of s.getTracks()) {
+        track.addEventListener('ended', () => this.unpublish({ screen: true }));
+        for (const peer of this.peers.values()) if (peer.tracksAttached) peer.addTrack(track, s);
+      }
+    }
+    this._announceStreams();
+    return this.localStreams;
+  }
+
+  _setCameraStream(s) {
+    const cur = this.localStreams.camera;
+    if (!cur) {
+      this.localStreams.camera = s;
+    } else {
+      for (const t of s.getTracks()) cur.addTrack(t);
+    }
+    const stream = this.localStreams.camera;
+    for (const track of s.getTracks()) {
+      for (const peer of this.peers.values()) if (peer.tracksAttached) peer.addTrack(track, stream);
+    }
+  }
+
+  _announceStreams() {
+    const streams = {};
+    if (this.localStreams.camera) streams[this.localStreams.camera.id] = 'camera';
+    if (this.localStreams.screen) streams[this.localStreams.screen.id] = 'screen';
+    this.updateMetadata({ streams });
+  }
+
+  /** Stops and removes published media: `{camera, microphone, screen}` (all when called without argument). */
+  unpublish({ camera, microphone, screen } = { camera: true, microphone: true, screen: true }) {
+    const drop = (stream, track) => {
+      track.stop();
+      stream.removeTrack(track);
+      for (const peer of this.peers.values()) peer.removeTrack(track);
+    };
+    const cam = this.localStreams.camera;
+    if (cam) {
+      for (const t of cam.getTracks()) {
+        if ((t.kind === 'video' && camera) || (t.kind === 'audio' && microphone)) drop(cam, t);
+      }
+      if (cam.getTracks().length === 0) this.localStreams.camera = null;
+    }
+    const scr = this.localStreams.screen;
+    if (screen && scr) {
+      for (const t of scr.getTracks()) drop(scr, t);
+      this.localStreams.screen = null;
+    }
+    this._announceStreams();
+  }
+
+  /** Mutes ('audio' or 'video') the camera stream's tracks (sends silence/black) and tells the room. */
+  mute(kind, muted = true) {
+    const cam = this.localStreams.camera;
+    if (cam) for (const t of cam.getTracks()) if (t.kind === kind) t.enabled = !muted;
+    this.updateMetadata({ [kind === 'audio' ? 'muted_audio' : 'muted_video']: muted });
+  }
+
+  unmute(kind) {
+    this.mute(kind, false);
+  }
+
+  /** Merges `patch` into the local participant's metadata and broadcasts it (`update`). */
+  updateMetadata(patch) {
+    this.localMetadata = { ...this.localMetadata, ...patch };
+    if (this.localParticipant) {
+      this.localParticipant.metadata = { ...this.localMetadata };
+      this.emit('participant_updated', this.localParticipant);
+    }
+    return this._send({ type: 'update', metadata: this.localMetadata });
+  }
+
+  /** Changes the display name. */
+  setName(name) {
+    if (this.localParticipant) this.localParticipant.name = name;
+    return this._send({ type: 'update', name });
+  }
+
+  _encode(data) {
+    if (typeof data === 'string' || data instanceof ArrayBuffer || ArrayBuffer.isView(data) || data instanceof Blob) return data;
+    return JSON.stringify(data);
+  }
+
+  /** Sends to every participant over data channels. `reliable: false` uses an unordered, no-retransmit channel. Returns how many peers it was sent to now (others get it when their channel opens). */
+  send(data, { reliable = true } = {}) {
+    let n = 0;
+    const payload = this._encode(data);
+    for (const peer of this.peers.values()) if (peer._sendOn(reliable ? 'data' : 'lossy', payload)) n++;
+    return n;
+  }
+
+  /** Sends to one participant. */
+  sendTo(participantId, data, { reliable = true } = {}) {
+    const peer = this.peers.get(participantId);
+    if (!peer) throw new Error(`unknown participant ${participantId}`);
+    return peer._sendOn(reliable ? 'data' : 'lossy', this._encode(data));
+  }
+
+  /**
+   * Sends a file (any Blob) to one participant or everyone, in 16 KiB chunks with back-pressure; the receiver
+   * verifies its SHA-256. Emits `file_progress` events; resolves with one `{participantId, ok, sha256}` per peer.
+   */
+  async sendFile(file, participantId) {
+    const id = randomId();
+    const peers = participantId ? [this.peers.get(participantId)].filter(Boolean) : [...this.peers.values()];
+    if (peers.length === 0) throw new Error('nobody to send the file to');
+    const sentBy = new Map();
+    const progress = () => {
+      let bytes = 0;
+      for (const v of sentBy.values()) bytes += v;
+      this.emit('file_progress', { id, direction: 'send', participant: null, name: file.name, bytes: bytes / peers.length, size: file.size });
+    };
+    return Promise.all(
+      peers.map((peer) =>
+        peer.sendFile(file, id, (n) => {
+          sentBy.set(peer.id, n);
+          progress();
+        }),
+      ),
+    );
+  }
+
+  /** Stats of every peer connection, keyed by participant id (see `PeerStats` in the .d.ts). */
+  async getStats() {
+    const out = {};
+    await Promise.all([...this.peers.values()].map(async (peer) => {
+      out[peer.id] = await peer.stats();
+    }));
+    return out;
+  }
+
+  /** Stats of the peer connection to one participant. */
+  getPeerStats(participantId) {
+    const peer = this.peers.get(participantId);
+    return peer ? peer.stats() : Promise.resolve(null);
+  }
+
+  /** The RTCPeerConnection to a participant (for advanced use). */
+  getPeerConnection(participantId) {
+    return this.peers.get(participantId)?.pc || null;
+  }
+
+  /** Closes the signaling socket without leaving (as a network cut would): the SDK reconnects and resumes. */
+  dropSignaling() {
+    try {
+      this._ws?.close();
+    } catch (_) {
+      /* ignore */
+    }
+  }
+
+  /** Leaves the room: sends `leave`, closes every peer connection and stops local media. */
+  leave() {
+    if (this._left) return;
+    this._send({ type: 'leave' });
+    this._left = true;
+    clearTimeout(this._reconnectTimer);
+    this._stopPing();
+    for (const id of [...this.peers.keys()]) {
+      this.peers.get(id).close();
+      this.peers.delete(id);
+    }
+    for (const s of [this.localStreams.camera, this.localStreams.screen]) if (s) s.getTracks().forEach((t) => t.stop());
+    this.localStreams = { camera: null, screen: null };
+    try {
+      this._ws?.close(1000, 'leave');
+    } catch (_) {
+      /* ignore */
+    }
+    this._setSignalingState('disconnected');
+  }
+}
+
+/** Connects and joins: `await connect('/ws', token, {iceTransportPolicy: 'relay'})`. */
+export async function connect(url, token, options = {}) {
+  const room = new Room(url, token, options);
+  await room.connect();
+  return room;
+}
+
+/** Dev mode only: fetches a token from `GET /dev/token?room=&name=` on the server at `base` (default: this page's origin). */
+export async function devToken(room, name, base) {
+  const u = new URL('/dev/token', base || (typeof location !== 'undefined' ? location.origin : 'http://127.0.0.1:8080'));
+  u.searchParams.set('room', room);
+  u.searchParams.set('name', name);
+  const res = await fetch(u);
+  if (!res.ok) throw new Error(`GET /dev/token: HTTP ${res.status}`);
+  return res.json();
+}
