@@ -1,6 +1,7 @@
 //! The `switchboard` binary: `serve`, `turn`, `token`.
 
 mod config;
+mod join_cmd;
 mod serve;
 mod tls;
 mod token_cmd;
@@ -28,6 +29,8 @@ enum Command {
     Turn(turn_cmd::TurnArgs),
     /// Mint an access token for a room.
     Token(token_cmd::TokenArgs),
+    /// Join a room as a native participant (terminal chat, file transfer, media).
+    Join(join_cmd::JoinArgs),
 }
 
 #[tokio::main]
@@ -43,5 +46,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Turn(args) => turn_cmd::run(args).await,
         Command::Token(args) => token_cmd::run(args),
+        Command::Join(args) => join_cmd::run(args).await,
     }
 }
