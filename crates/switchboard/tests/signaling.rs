@@ -327,3 +327,24 @@ async fn health_metrics_and_embedded_app_are_served() {
     assert_eq!(st, 200);
     assert!(metrics.contains("signal_participants 1"), "{metrics}");
 }
+
+#[test]
+fn self_signed_tls_serves_https() {
+    let s = serve(&[], &["--tls", "self-signed"]);
+    assert!(s.base.starts_with("https://"), "{}", s.base);
+    // curl is the independent TLS client here; -k because the certificate is self-signed.
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "-w", " %{ssl_verify_result} %{http_version}"])
+        .arg(format!("{}/healthz", s.base))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("ok "), "{text}");
+    // Plain HTTP on the TLS port is not served.
+    let plain = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("{}/healthz", s.base.replace("https://", "http://")))
+        .output()
+        .expect("curl runs");
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "ok");
+}
