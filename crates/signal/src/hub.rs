@@ -4,12 +4,13 @@
 //! and never waits on a slow client (a client whose queue is full is disconnected).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
+use crate::media::{MediaServer, MediaSignal, MediaSink};
 use crate::protocol::{
     ErrorCode, IceServer, ParticipantInfo, Permissions, ProtocolError, RoomInfo, ServerMessage,
     PROTOCOL_VERSION,
@@ -70,8 +71,10 @@ pub struct HubConfig {
     pub max_participants: usize,
     /// How long a dropped participant stays in its room, waiting to resume.
     pub reconnect_grace: Duration,
-    /// Mode reported for new rooms (`mesh`, `sfu`, `auto`).
+    /// Mode of new rooms (`mesh`, `sfu`).
     pub default_mode: String,
+    /// Per-room modes overriding `default_mode`.
+    pub room_modes: HashMap<String, String>,
 }
 
 impl Default for HubConfig {
@@ -80,6 +83,7 @@ impl Default for HubConfig {
             max_participants: 16,
             reconnect_grace: Duration::from_secs(20),
             default_mode: "mesh".into(),
+            room_modes: HashMap::new(),
         }
     }
 }
@@ -121,6 +125,15 @@ pub struct Hub {
     state: Mutex<State>,
     config: HubConfig,
     ice: IceServerSource,
+    media: OnceLock<Arc<dyn MediaServer>>,
+    this: OnceLock<std::sync::Weak<Hub>>,
+}
+
+/// Work to do after the hub's lock is released (calls into the media server).
+#[derive(Default)]
+struct After {
+    media_joins: Vec<(String, String, Permissions)>,
+    media_leaves: Vec<(String, String)>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -140,11 +153,82 @@ fn room_info(name: &str, room: &Room) -> RoomInfo {
 impl Hub {
     /// A hub with `config`, asking `ice` for each participant's ICE servers.
     pub fn new(config: HubConfig, ice: IceServerSource) -> Arc<Hub> {
-        Arc::new(Hub {
+        let hub = Arc::new(Hub {
             state: Mutex::new(State::default()),
             config,
             ice,
-        })
+            media: OnceLock::new(),
+            this: OnceLock::new(),
+        });
+        let _ = hub.this.set(Arc::downgrade(&hub));
+        hub
+    }
+
+    /// Attach the media server of `sfu` rooms (once; later calls are ignored).
+    pub fn set_media_server(&self, media: Arc<dyn MediaServer>) {
+        let _ = self.media.set(media);
+    }
+
+    fn run_after(&self, after: After) {
+        let Some(media) = self.media.get() else {
+            return;
+        };
+        for (room, id) in after.media_leaves {
+            media.leave(&room, &id);
+        }
+        let weak = self.this.get().cloned().unwrap_or_default();
+        for (room, id, perms) in after.media_joins {
+            let sink = MediaSink {
+                hub: weak.clone(),
+                room: room.clone(),
+                participant: id.clone(),
+            };
+            media.join(&room, &id, perms, sink);
+        }
+    }
+
+    /// Queue `msg` for participant `id` of `room`, if connected.
+    pub(crate) fn deliver(&self, room: &str, id: &str, msg: &ServerMessage) -> bool {
+        let st = self.lock();
+        match st
+            .rooms
+            .get(room)
+            .and_then(|r| r.participants.get(id))
+            .and_then(|p| p.conn.as_ref())
+        {
+            Some(c) => {
+                c.push(Outbound::Text(msg.to_text().into()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A negotiation message for the room's media server (`"to": "sfu"`).
+    pub fn media_signal(&self, seat: &Seat, msg: MediaSignal) -> Result<(), ProtocolError> {
+        let is_sfu = self
+            .lock()
+            .rooms
+            .get(&seat.room)
+            .is_some_and(|r| r.mode == "sfu");
+        match (is_sfu, self.media.get()) {
+            (true, Some(media)) => {
+                media.signal(&seat.room, &seat.id, msg);
+                Ok(())
+            }
+            _ => Err(ProtocolError::new(
+                ErrorCode::UnknownParticipant,
+                format!("room `{}` has no SFU (it is not an sfu room)", seat.room),
+            )),
+        }
+    }
+
+    fn mode_for(&self, room: &str) -> String {
+        self.config
+            .room_modes
+            .get(room)
+            .cloned()
+            .unwrap_or_else(|| self.config.default_mode.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -174,6 +258,20 @@ impl Hub {
         metadata: Option<Value>,
         outbox: Outbox,
     ) -> Result<Seat, ProtocolError> {
+        let mut after = After::default();
+        let res = self.join_locked(claims, resume_token, metadata, outbox, &mut after);
+        self.run_after(after);
+        res
+    }
+
+    fn join_locked(
+        &self,
+        claims: &Claims,
+        resume_token: Option<&str>,
+        metadata: Option<Value>,
+        outbox: Outbox,
+        after: &mut After,
+    ) -> Result<Seat, ProtocolError> {
         let room_name = claims.video.room.clone().unwrap_or_default();
         if !claims.video.room_join {
             return Err(ProtocolError::new(
@@ -197,7 +295,7 @@ impl Hub {
         // A fresh join. The same identity already present is replaced.
         let grace_ms = self.config.reconnect_grace.as_millis() as u64;
         let max = self.config.max_participants;
-        let mode = self.config.default_mode.clone();
+        let mode = self.mode_for(&room_name);
         let room = st.rooms.entry(room_name.clone()).or_insert_with(|| Room {
             mode,
             participants: BTreeMap::new(),
@@ -219,7 +317,7 @@ impl Hub {
             ));
         }
         for old in replaced {
-            self.remove_locked(&mut st, &room_name, &old, "replaced");
+            self.remove_locked(&mut st, &room_name, &old, "replaced", after);
         }
         let id = format!("p_{}", random_hex(6));
         let resume = random_hex(16);
@@ -271,6 +369,11 @@ impl Hub {
                 generation: 0,
             },
         );
+        if room.mode == "sfu" {
+            after
+                .media_joins
+                .push((room_name.clone(), id.clone(), permissions));
+        }
         st.resume.insert(resume, (room_name.clone(), id.clone()));
         Self::update_gauges(&st);
         metrics::counter!("signal_joins_total", "resumed" => "false").increment(1);
@@ -381,11 +484,22 @@ impl Hub {
 
     /// Remove the participant now (`leave`, kick).
     pub fn leave(&self, seat: &Seat, reason: &'static str) {
-        let mut st = self.lock();
-        self.remove_locked(&mut st, &seat.room, &seat.id, reason);
+        let mut after = After::default();
+        {
+            let mut st = self.lock();
+            self.remove_locked(&mut st, &seat.room, &seat.id, reason, &mut after);
+        }
+        self.run_after(after);
     }
 
-    fn remove_locked(&self, st: &mut State, room_name: &str, id: &str, reason: &'static str) {
+    fn remove_locked(
+        &self,
+        st: &mut State,
+        room_name: &str,
+        id: &str,
+        reason: &'static str,
+        after: &mut After,
+    ) {
         let Some(room) = st.rooms.get_mut(room_name) else {
             return;
         };
@@ -412,6 +526,11 @@ impl Hub {
             if let Some(c) = &other.conn {
                 c.text(&text);
             }
+        }
+        if room.mode == "sfu" {
+            after
+                .media_leaves
+                .push((room_name.to_owned(), id.to_owned()));
         }
         let empty = room.participants.is_empty();
         st.resume.remove(&p.resume_token);
@@ -444,15 +563,19 @@ impl Hub {
         let grace = self.config.reconnect_grace;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let mut st = hub.lock();
-            let expired = st
-                .rooms
-                .get(&seat.room)
-                .and_then(|r| r.participants.get(&seat.id))
-                .is_some_and(|p| p.conn.is_none() && p.generation == generation);
-            if expired {
-                hub.remove_locked(&mut st, &seat.room, &seat.id, "timeout");
+            let mut after = After::default();
+            {
+                let mut st = hub.lock();
+                let expired = st
+                    .rooms
+                    .get(&seat.room)
+                    .and_then(|r| r.participants.get(&seat.id))
+                    .is_some_and(|p| p.conn.is_none() && p.generation == generation);
+                if expired {
+                    hub.remove_locked(&mut st, &seat.room, &seat.id, "timeout", &mut after);
+                }
             }
+            hub.run_after(after);
         });
     }
 }
@@ -467,7 +590,7 @@ mod tests {
             HubConfig {
                 max_participants: max,
                 reconnect_grace: Duration::from_millis(grace_ms),
-                default_mode: "mesh".into(),
+                ..HubConfig::default()
             },
             Arc::new(|_| Vec::new()),
         )

@@ -18,6 +18,7 @@
 //! The wire protocol is documented in `docs/protocol.md`.
 
 pub mod hub;
+pub mod media;
 pub mod protocol;
 pub mod ratelimit;
 pub mod token;
@@ -32,6 +33,7 @@ use axum::routing::get;
 use axum::Router;
 
 pub use hub::{Hub, HubConfig, IceServerSource};
+pub use media::{MediaServer, MediaSignal, MediaSink, SFU_ID};
 pub use protocol::IceServer;
 pub use token::{Claims, KeySet, TokenKey, VideoGrant};
 

@@ -8,6 +8,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::hub::{Outbound, Outbox, Seat};
+use crate::media::{MediaSignal, SFU_ID};
 use crate::protocol::{
     parse_client_message, ClientMessage, ErrorCode, ProtocolError, ServerMessage, PROTOCOL_VERSION,
 };
@@ -187,6 +188,24 @@ pub async fn serve_socket(socket: WebSocket, signal: Arc<Signal>) {
                     ErrorCode::AlreadyJoined,
                     "this socket has already joined",
                 ));
+            }
+            (Some(s), ClientMessage::Offer { to, sdp }) if to == SFU_ID => {
+                if let Err(e) = signal.hub.media_signal(s, MediaSignal::Offer(sdp)) {
+                    outbox.push(err_text(e.code, e.message));
+                }
+            }
+            (Some(s), ClientMessage::Answer { to, sdp }) if to == SFU_ID => {
+                if let Err(e) = signal.hub.media_signal(s, MediaSignal::Answer(sdp)) {
+                    outbox.push(err_text(e.code, e.message));
+                }
+            }
+            (Some(s), ClientMessage::Candidate { to, candidate }) if to == SFU_ID => {
+                if let Err(e) = signal
+                    .hub
+                    .media_signal(s, MediaSignal::Candidate(candidate))
+                {
+                    outbox.push(err_text(e.code, e.message));
+                }
             }
             (Some(s), ClientMessage::Offer { to, sdp }) => {
                 let m = ServerMessage::Offer {

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 /// Sections of the config file (environment variables for other sections are ignored).
-const SECTIONS: &[&str] = &["http", "auth", "limits", "rooms", "turn", "ice"];
+const SECTIONS: &[&str] = &["http", "auth", "limits", "rooms", "turn", "ice", "sfu"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -23,6 +23,7 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub turn: turn::TurnConfig,
     pub ice: IceConfig,
+    pub sfu: sfu::SfuConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,8 +92,10 @@ impl Default for LimitsConfig {
 pub struct RoomsConfig {
     pub max_participants: usize,
     pub reconnect_grace_secs: u64,
-    /// Mode of new rooms. Only `mesh` is implemented so far.
+    /// Mode of new rooms: `mesh` (peer to peer) or `sfu` (through the SFU).
     pub default_mode: String,
+    /// Per-room modes overriding `default-mode`, e.g. `{ townhall = "sfu" }`.
+    pub modes: BTreeMap<String, String>,
 }
 
 impl Default for RoomsConfig {
@@ -101,6 +104,7 @@ impl Default for RoomsConfig {
             max_participants: 16,
             reconnect_grace_secs: 20,
             default_mode: "mesh".into(),
+            modes: BTreeMap::new(),
         }
     }
 }
@@ -141,6 +145,12 @@ impl Config {
                 max_participants: self.rooms.max_participants,
                 reconnect_grace: Duration::from_secs(self.rooms.reconnect_grace_secs),
                 default_mode: self.rooms.default_mode.clone(),
+                room_modes: self
+                    .rooms
+                    .modes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             },
         }
     }
@@ -156,11 +166,13 @@ impl Config {
         if self.rooms.max_participants == 0 {
             bail!("rooms.max-participants must be at least 1");
         }
-        if self.rooms.default_mode != "mesh" {
-            bail!(
-                "rooms.default-mode `{}` is not available yet; only `mesh` is implemented",
-                self.rooms.default_mode
-            );
+        for mode in std::iter::once(&self.rooms.default_mode).chain(self.rooms.modes.values()) {
+            if mode != "mesh" && mode != "sfu" {
+                bail!("room mode `{mode}` is unknown: use `mesh` or `sfu`");
+            }
+            if mode == "sfu" && !self.sfu.enabled {
+                bail!("a room mode is `sfu` but the SFU is disabled (sfu.enabled = false)");
+            }
         }
         if self.http.tls == TlsMode::Files && (self.http.cert.is_none() || self.http.key.is_none())
         {

@@ -11,6 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -34,6 +35,9 @@ pub struct ServeArgs {
     /// STUN/TURN UDP+TCP port (`turn.listening-port`); 0 picks a free port.
     #[arg(long)]
     pub turn_port: Option<u16>,
+    /// SFU media UDP port (`sfu.udp-port`); 0 picks a free port.
+    #[arg(long)]
+    pub sfu_port: Option<u16>,
     /// Do not run the STUN/TURN server (`turn.enabled = false`).
     #[arg(long)]
     pub no_turn: bool,
@@ -56,6 +60,9 @@ pub fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(p) = args.turn_port {
         overrides.push(("turn.listening-port", toml::Value::Integer(p.into())));
+    }
+    if let Some(p) = args.sfu_port {
+        overrides.push(("sfu.udp-port", toml::Value::Integer(p.into())));
     }
     if args.no_turn {
         overrides.push(("turn.enabled", toml::Value::Boolean(false)));
@@ -182,8 +189,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let keys = keyset(&config);
     let signal = Signal::new(config.signal_config(), keys.clone(), ice);
-    let state = AppState { keys, metrics, dev };
-    let app = router(state).merge(signal.router());
+    let state = AppState {
+        keys: keys.clone(),
+        metrics,
+        dev,
+    };
+    let mut app = router(state).merge(signal.router());
+    if config.sfu.enabled {
+        let sfu = sfu::Sfu::start(config.sfu.clone())
+            .await
+            .context("cannot start the SFU (set sfu.enabled = false to run without it)")?;
+        println!("listening sfu-udp {}", sfu.udp_addr());
+        signal.hub().set_media_server(sfu.clone());
+        app = app.merge(sfu.router(keys));
+    }
 
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
@@ -219,10 +238,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     };
     match tls {
-        None => axum::serve(tcp, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?,
+        // Signaling messages are small and latency-bound: no Nagle delay.
+        None => axum::serve(
+            tcp.tap_io(|io| {
+                let _ = io.set_nodelay(true);
+            }),
+            app,
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?,
         Some(cfg) => axum::serve(crate::tls::TlsListener::new(tcp, cfg)?, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -71,6 +71,7 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let _ = sock.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
