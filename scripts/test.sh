@@ -24,27 +24,21 @@ set -e
 rust_passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/switchboard-cargo-test.log | awk '{s+=$4} END {print s+0}')
 rust_failed=$(grep -Eo '[0-9]+ failed' /tmp/switchboard-cargo-test.log | awk '{s+=$1} END {print s+0}')
 
-e2e_passed=0; e2e_failed=0
-if ls tests/e2e/*.test.mjs >/dev/null 2>&1; then
-  echo "== browser end-to-end tests (tests/e2e)"
+# Cross-process suites driven by Node (browsers, native CLI, NAT lab): every tests/<suite>/*.test.mjs.
+node_passed=0; node_failed=0; summary=""
+for suite in e2e native sfu netlab; do
+  ls tests/$suite/*.test.mjs >/dev/null 2>&1 || continue
+  echo "== tests/$suite"
   set +e
-  node --test --test-concurrency=1 --test-reporter=spec tests/e2e/ 2>&1 | tee /tmp/switchboard-e2e.log
+  node --test --test-concurrency=1 --test-reporter=spec tests/$suite/ 2>&1 | tee /tmp/switchboard-$suite.log
   set -e
-  e2e_passed=$(grep -Eo '^ℹ pass [0-9]+' /tmp/switchboard-e2e.log | awk '{s+=$3} END {print s+0}')
-  e2e_failed=$(grep -Eo '^ℹ fail [0-9]+' /tmp/switchboard-e2e.log | awk '{s+=$3} END {print s+0}')
-fi
+  p=$(grep -Eo '^ℹ pass [0-9]+' /tmp/switchboard-$suite.log | awk '{s+=$3} END {print s+0}')
+  f=$(grep -Eo '^ℹ fail [0-9]+' /tmp/switchboard-$suite.log | awk '{s+=$3} END {print s+0}')
+  node_passed=$((node_passed + p)); node_failed=$((node_failed + f))
+  summary="$summary; $suite: $p passed, $f failed"
+done
 
-lab_passed=0; lab_failed=0
-if ls tests/netlab/*.test.mjs >/dev/null 2>&1; then
-  echo "== NAT-traversal lab (tests/netlab)"
-  set +e
-  node --test --test-concurrency=1 --test-reporter=spec tests/netlab/ 2>&1 | tee /tmp/switchboard-netlab.log
-  set -e
-  lab_passed=$(grep -Eo '^ℹ pass [0-9]+' /tmp/switchboard-netlab.log | awk '{s+=$3} END {print s+0}')
-  lab_failed=$(grep -Eo '^ℹ fail [0-9]+' /tmp/switchboard-netlab.log | awk '{s+=$3} END {print s+0}')
-fi
-
-passed=$((rust_passed + e2e_passed + lab_passed)); failed=$((rust_failed + e2e_failed + lab_failed))
-echo "rust: ${rust_passed} passed, ${rust_failed} failed; e2e: ${e2e_passed} passed, ${e2e_failed} failed; netlab: ${lab_passed} passed, ${lab_failed} failed"
+passed=$((rust_passed + node_passed)); failed=$((rust_failed + node_failed))
+echo "rust: ${rust_passed} passed, ${rust_failed} failed${summary}"
 echo "${passed} passed, ${failed} failed"
 [ "$cargo_status" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
