@@ -1,0 +1,66 @@
+// NAT traversal through Switchboard's TURN server, with real NATs (nftables masquerade in network namespaces):
+//   (2) one client behind a symmetric NAT: connects via a relay candidate, and TURN relays the media;
+//   (3) UDP blocked at one NAT: connects via TURN over TCP;
+//   (4) control: without TURN, symmetric + symmetric never connects (the relay is what makes (2)/(3) work).
+// Run: sudo node --test --test-concurrency=1 tests/netlab/   (see docs/nat-traversal.md)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { peerStats, mediaGrowth, sleep, describePair } from './lib/lab.mjs';
+import { withLab, joinPair, skipReason } from './lib/scenario.mjs';
+
+test('(2) one side behind a symmetric NAT: connects via TURN relay, TURN relays the media', { skip: skipReason || false, timeout: 90000 }, async (t) => {
+  await withLab(t, 'symmetric', { a: { nat: 'symmetric' }, b: { nat: 'eim' } }, async ({ lab }) => {
+    const before = lab.turnRelayedBytes();
+    const { alice, bob, sa, sb } = await joinPair(lab, 'sym-room');
+    assert.equal(sa.path, 'relay', `Alice's pair goes through the relay: ${describePair(sa)}`);
+    assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
+    const g = await mediaGrowth(bob, alice, 3000);
+    assert.ok(g.frames > 0 && g.samples > 0, `media flows through the relay: ${JSON.stringify(g)}`);
+    const relayed = lab.turnRelayedBytes() - before;
+    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
+    assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+  });
+});
+
+test('(3) UDP blocked at one NAT: connects via TURN over TCP', { skip: skipReason || false, timeout: 90000 }, async (t) => {
+  await withLab(t, 'udp-blocked', { a: { nat: 'eim', udpBlock: true }, b: { nat: 'eim' } }, async ({ lab }) => {
+    const before = lab.turnRelayedBytes();
+    const { alice, bob, sa, sb } = await joinPair(lab, 'tcp-room', { timeout: 40000 });
+    assert.equal(sa.local, 'relay', `Alice (UDP blocked) uses a relay candidate: ${describePair(sa)}`);
+    assert.equal(sa.relayProtocol, 'tcp', `Alice reaches TURN over TCP: ${describePair(sa)}`);
+    assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
+    const g = await mediaGrowth(alice, bob, 3000);
+    assert.ok(g.frames > 0 && g.samples > 0, `media flows over TURN/TCP: ${JSON.stringify(g)}`);
+    const relayed = lab.turnRelayedBytes() - before;
+    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
+    assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+  });
+});
+
+test('(4) control: without TURN (--no-turn), symmetric + symmetric NATs do not connect', { skip: skipReason || false, timeout: 60000 }, async (t) => {
+  await withLab(t, 'no-turn', { a: { nat: 'symmetric' }, b: { nat: 'symmetric' }, turn: false }, async ({ lab }) => {
+    const alice = await lab.join('a', 'noturn-room', 'Alice');
+    const bob = await lab.join('b', 'noturn-room', 'Bob');
+    const iceServers = await alice.page.evaluate(() => window.switchboardApp.room.iceServers);
+    assert.deepEqual(iceServers, [], 'no STUN/TURN server is offered');
+    // Both see each other (signaling works), and the peer connection was attempted...
+    await alice.page.waitForFunction((id) => window.switchboardApp.room.peers.has(id), bob.id, { timeout: 10000 });
+    // ...but never gets connected within the window.
+    const windowMs = 15000;
+    const deadline = Date.now() + windowMs;
+    const seen = new Set();
+    let last;
+    while (Date.now() < deadline) {
+      const a = (await peerStats(alice.page))[bob.id];
+      const b = (await peerStats(bob.page))[alice.id];
+      last = { a, b };
+      seen.add(a?.connectionState).add(b?.connectionState);
+      assert.ok(a?.connectionState !== 'connected' && b?.connectionState !== 'connected', `connected without a relay?! ${JSON.stringify(last)}`);
+      await sleep(500);
+    }
+    lab.note(`no connection within ${windowMs} ms; connection states seen: ${[...seen].join(', ')}; pairs: A ${describePair(last.a)}, B ${describePair(last.b)}`);
+    assert.equal(last.a?.path ?? null, null);
+    assert.equal(last.b?.path ?? null, null);
+    lab.note(`TURN relayed bytes: n/a (TURN disabled)`);
+  });
+});
