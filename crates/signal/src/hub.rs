@@ -737,4 +737,74 @@ mod tests {
             .await
             .expect("kill notified");
     }
+
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        sinks: Mutex<Vec<MediaSink>>,
+    }
+
+    impl MediaServer for Recorder {
+        fn join(&self, room: &str, participant: &str, _p: Permissions, sink: MediaSink) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("join {room} {participant}"));
+            self.sinks.lock().unwrap().push(sink);
+        }
+        fn signal(&self, room: &str, participant: &str, msg: MediaSignal) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("signal {room} {participant} {msg:?}"));
+        }
+        fn leave(&self, room: &str, participant: &str) {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("leave {room} {participant}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn sfu_rooms_hand_negotiation_to_the_media_server_and_mesh_rooms_do_not() {
+        let mut config = HubConfig::default();
+        config.room_modes.insert("big".into(), "sfu".into());
+        let h = Hub::new(config, Arc::new(|_| Vec::new()));
+        let rec = Arc::new(Recorder::default());
+        h.set_media_server(rec.clone());
+        let (a, mut ra, _) = Outbox::new(1, 16);
+        let (m, _rm, _) = Outbox::new(2, 16);
+        let sa = h.join(&claims("alice", "big"), None, None, a).unwrap();
+        let sm = h.join(&claims("mona", "small"), None, None, m).unwrap();
+        assert_eq!(drain(&mut ra)[0]["room"]["mode"], "sfu");
+
+        h.media_signal(&sa, MediaSignal::Offer("v=0".into()))
+            .unwrap();
+        let err = h
+            .media_signal(&sm, MediaSignal::Offer("v=0".into()))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownParticipant);
+
+        let sink = rec.sinks.lock().unwrap()[0].clone();
+        assert!(sink.send(MediaSignal::Answer("v=0 answer".into())));
+        let got = drain(&mut ra);
+        assert_eq!(got[0]["type"], "answer");
+        assert_eq!(got[0]["from"], "sfu");
+
+        h.leave(&sa, "left");
+        assert!(
+            !sink.send(MediaSignal::Offer("late".into())),
+            "gone participant"
+        );
+        let calls = rec.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            vec![
+                format!("join big {}", sa.id),
+                format!("signal big {} Offer(\"v=0\")", sa.id),
+                format!("leave big {}", sa.id),
+            ]
+        );
+    }
 }

@@ -26,6 +26,17 @@ pub enum MediaSignal {
     Candidate(Value),
 }
 
+impl MediaSignal {
+    /// The message as relayed to its recipient, `from` the sender.
+    pub fn into_server_message(self, from: String) -> ServerMessage {
+        match self {
+            MediaSignal::Offer(sdp) => ServerMessage::Offer { from, sdp },
+            MediaSignal::Answer(sdp) => ServerMessage::Answer { from, sdp },
+            MediaSignal::Candidate(candidate) => ServerMessage::Candidate { from, candidate },
+        }
+    }
+}
+
 /// A server-side media endpoint for `sfu` rooms. Called outside the hub's lock; implementations must not
 /// block for long (hand work to their own tasks).
 pub trait MediaServer: Send + Sync + 'static {
@@ -52,20 +63,7 @@ impl MediaSink {
         let Some(hub) = self.hub.upgrade() else {
             return false;
         };
-        let m = match msg {
-            MediaSignal::Offer(sdp) => ServerMessage::Offer {
-                from: SFU_ID.into(),
-                sdp,
-            },
-            MediaSignal::Answer(sdp) => ServerMessage::Answer {
-                from: SFU_ID.into(),
-                sdp,
-            },
-            MediaSignal::Candidate(candidate) => ServerMessage::Candidate {
-                from: SFU_ID.into(),
-                candidate,
-            },
-        };
+        let m = msg.into_server_message(SFU_ID.into());
         hub.deliver(&self.room, &self.participant, &m)
     }
 

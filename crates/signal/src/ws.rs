@@ -189,50 +189,14 @@ pub async fn serve_socket(socket: WebSocket, signal: Arc<Signal>) {
                     "this socket has already joined",
                 ));
             }
-            (Some(s), ClientMessage::Offer { to, sdp }) if to == SFU_ID => {
-                if let Err(e) = signal.hub.media_signal(s, MediaSignal::Offer(sdp)) {
-                    outbox.push(err_text(e.code, e.message));
-                }
-            }
-            (Some(s), ClientMessage::Answer { to, sdp }) if to == SFU_ID => {
-                if let Err(e) = signal.hub.media_signal(s, MediaSignal::Answer(sdp)) {
-                    outbox.push(err_text(e.code, e.message));
-                }
-            }
-            (Some(s), ClientMessage::Candidate { to, candidate }) if to == SFU_ID => {
-                if let Err(e) = signal
-                    .hub
-                    .media_signal(s, MediaSignal::Candidate(candidate))
-                {
-                    outbox.push(err_text(e.code, e.message));
-                }
-            }
             (Some(s), ClientMessage::Offer { to, sdp }) => {
-                let m = ServerMessage::Offer {
-                    from: s.id.clone(),
-                    sdp,
-                };
-                if let Err(e) = signal.hub.relay(s, &to, &m) {
-                    outbox.push(err_text(e.code, e.message));
-                }
+                negotiate(&signal, &outbox, s, to, MediaSignal::Offer(sdp));
             }
             (Some(s), ClientMessage::Answer { to, sdp }) => {
-                let m = ServerMessage::Answer {
-                    from: s.id.clone(),
-                    sdp,
-                };
-                if let Err(e) = signal.hub.relay(s, &to, &m) {
-                    outbox.push(err_text(e.code, e.message));
-                }
+                negotiate(&signal, &outbox, s, to, MediaSignal::Answer(sdp));
             }
             (Some(s), ClientMessage::Candidate { to, candidate }) => {
-                let m = ServerMessage::Candidate {
-                    from: s.id.clone(),
-                    candidate,
-                };
-                if let Err(e) = signal.hub.relay(s, &to, &m) {
-                    outbox.push(err_text(e.code, e.message));
-                }
+                negotiate(&signal, &outbox, s, to, MediaSignal::Candidate(candidate));
             }
             (Some(s), ClientMessage::Update { name, metadata }) => {
                 signal.hub.update(s, name, metadata);
@@ -258,4 +222,18 @@ pub async fn serve_socket(socket: WebSocket, signal: Arc<Signal>) {
         writer.abort();
     }
     metrics::gauge!("signal_connections").decrement(1.0);
+}
+
+/// Route an offer, answer or candidate: to the room's SFU (`"to": "sfu"`) or to another participant.
+fn negotiate(signal: &Signal, outbox: &Outbox, seat: &Seat, to: String, msg: MediaSignal) {
+    let res = if to == SFU_ID {
+        signal.hub.media_signal(seat, msg)
+    } else {
+        signal
+            .hub
+            .relay(seat, &to, &msg.into_server_message(seat.id.clone()))
+    };
+    if let Err(e) = res {
+        outbox.push(err_text(e.code, e.message));
+    }
 }
