@@ -1,1 +1,37 @@
-//! Native Rust client. Work in progress.
+//! Switchboard native client: a signaling client for protocol v1 (`docs/protocol.md`) and a mesh peer on
+//! [str0m](https://docs.rs/str0m) that interoperates with the browser SDK (`web/sdk/switchboard.js`):
+//! the same negotiated data channels (`data` id 0, `lossy` id 1, `file` id 2), the same chat messages
+//! (`{"type":"chat","text":...,"ts":...}` on `data`) and the same file framing (16 KiB chunks between JSON
+//! `start`/`end` messages, SHA-256 verified by the receiver, which answers `ack`).
+//!
+//! ```no_run
+//! use client::{Room, RoomEvent};
+//!
+//! # async fn demo() -> Result<(), client::Error> {
+//! let server = client::ServerUrl::parse("http://127.0.0.1:8080")?;
+//! let (token, _identity) = client::dev_token(&server, "demo", "Rusty").await?;
+//! let room = Room::connect(&server.ws, &token).await?;
+//! room.send_chat("hello from Rust").await?;
+//! while let Some(ev) = room.next_event().await {
+//!     match ev {
+//!         RoomEvent::Chat { from, text } => println!("{}: {text}", from.display_name()),
+//!         RoomEvent::FileReceived { from, file } => println!("{} sent {}", from.display_name(), file.name),
+//!         _ => {}
+//!     }
+//! }
+//! room.leave().await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod file;
+mod peer;
+mod room;
+mod signaling;
+
+pub use error::Error;
+pub use file::{sha256_file, ReceivedFile, FILE_CHUNK};
+pub use peer::{ChannelKind, FileDelivery, PeerState};
+pub use room::{Room, RoomEvent, RoomOptions, SignalingState};
+pub use signaling::{dev_token, CandidateInit, ParticipantInfo, ServerUrl, PROTOCOL_VERSION};

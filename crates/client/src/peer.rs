@@ -1,0 +1,917 @@
+//! One mesh link: a str0m `Rtc` to one remote participant, driven by tokio UDP sockets.
+//!
+//! Roles follow `docs/protocol.md`: the later joiner offers first, the peer whose id sorts lower is impolite
+//! (perfect negotiation). The three data channels are negotiated out of band with the browser SDK's ids.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::file::{FileControl, Incoming, ReceivedFile};
+use crate::signaling::{CandidateInit, ClientMsg};
+
+/// Send-side back-pressure thresholds of the file channel (as the SDK).
+const FILE_HIGH_WATER: usize = 1024 * 1024;
+const FILE_LOW_WATER: usize = 256 * 1024;
+const OFFER_WATCHDOG: Duration = Duration::from_secs(8);
+const DISCONNECTED_RESTART: Duration = Duration::from_secs(3);
+const MAX_OUTBOX: usize = 1000;
+
+/// The SDK's data channels: label, negotiated id, ordered, reliability.
+const CHANNELS: [(&str, u16, bool, Reliability); 3] = [
+    ("data", 0, true, Reliability::Reliable),
+    (
+        "lossy",
+        1,
+        false,
+        Reliability::MaxRetransmits { retransmits: 0 },
+    ),
+    ("file", 2, true, Reliability::Reliable),
+];
+
+/// Which of the three data channels.
+///
+/// ```
+/// assert_eq!(client::ChannelKind::Data.label(), "data");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    /// `data` (id 0): ordered, reliable — chat and app messages.
+    Data,
+    /// `lossy` (id 1): unordered, no retransmits.
+    Lossy,
+    /// `file` (id 2): ordered, reliable — file transfers.
+    File,
+}
+
+impl ChannelKind {
+    fn index(self) -> usize {
+        match self {
+            ChannelKind::Data => 0,
+            ChannelKind::Lossy => 1,
+            ChannelKind::File => 2,
+        }
+    }
+
+    fn from_index(i: usize) -> ChannelKind {
+        match i {
+            0 => ChannelKind::Data,
+            1 => ChannelKind::Lossy,
+            _ => ChannelKind::File,
+        }
+    }
+
+    /// The channel label shared with the browser SDK.
+    ///
+    /// ```
+    /// assert_eq!(client::ChannelKind::File.label(), "file");
+    /// ```
+    pub fn label(self) -> &'static str {
+        CHANNELS[self.index()].0
+    }
+}
+
+/// State of the connection to one peer.
+///
+/// ```
+/// assert_ne!(client::PeerState::Connected, client::PeerState::Connecting);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// ICE checks running.
+    Connecting,
+    /// ICE and DTLS are up.
+    Connected,
+    /// Consent lost; an ICE restart follows if it does not come back.
+    Disconnected,
+    /// The peer connection is closed.
+    Closed,
+}
+
+/// The result of delivering a file to one peer.
+///
+/// ```
+/// # fn show(d: &client::FileDelivery) {
+/// println!("{}: {}", d.participant.display_name(), if d.ok { "OK" } else { "failed" });
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileDelivery {
+    /// Who it was sent to.
+    pub participant: crate::ParticipantInfo,
+    /// Whether the receiver confirmed size and SHA-256.
+    pub ok: bool,
+    /// SHA-256 the receiver computed (empty when it did not answer).
+    pub sha256: String,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Acknowledgement of one transfer (internal).
+#[derive(Debug)]
+pub(crate) struct FileAck {
+    pub ok: bool,
+    pub sha256: String,
+    pub error: Option<String>,
+}
+
+/// A frame of an outgoing transfer.
+pub(crate) enum FileFrame {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// An outgoing transfer: frames come from a reader task; the ack resolves when the receiver answers.
+pub(crate) struct FileJob {
+    pub id: String,
+    pub frames: mpsc::Receiver<FileFrame>,
+}
+
+/// Commands to a peer task.
+pub(crate) enum PeerCmd {
+    Description {
+        offer: bool,
+        sdp: String,
+    },
+    Candidate(Option<CandidateInit>),
+    Send {
+        kind: ChannelKind,
+        binary: bool,
+        data: Vec<u8>,
+    },
+    SendFile {
+        job: FileJob,
+        ack: oneshot::Sender<FileAck>,
+    },
+    /// The signaling socket came back (resumed session): re-offer what may have been lost.
+    Resumed,
+}
+
+/// What a peer task reports to the room.
+pub(crate) enum PeerEvent {
+    State(PeerState),
+    ChannelOpen(ChannelKind),
+    Data {
+        kind: ChannelKind,
+        binary: bool,
+        data: Vec<u8>,
+    },
+    FileProgress {
+        id: String,
+        name: String,
+        bytes: u64,
+        size: u64,
+    },
+    File(ReceivedFile),
+    Closed,
+}
+
+/// Messages from peer tasks to the room task.
+pub(crate) enum PeerOut {
+    Signal(ClientMsg),
+    Event { from: String, event: PeerEvent },
+}
+
+/// Settings of a peer connection.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerConfig {
+    pub host_ips: Vec<IpAddr>,
+    pub max_file_bytes: u64,
+}
+
+/// The local addresses to offer as host candidates: 127.0.0.1 and every non-loopback interface address
+/// (IPv4, and IPv6 that is not link-local).
+pub(crate) fn default_host_ips() -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    match if_addrs::get_if_addrs() {
+        Ok(ifs) => {
+            for i in ifs {
+                let ip = i.ip();
+                if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+                    continue;
+                }
+                if let IpAddr::V6(v6) = ip {
+                    if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                        continue;
+                    }
+                }
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list network interfaces; offering 127.0.0.1 only")
+        }
+    }
+    ips
+}
+
+/// A running peer task.
+pub(crate) struct PeerHandle {
+    pub cmd: mpsc::UnboundedSender<PeerCmd>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeerHandle {
+    pub fn spawn(
+        local_id: String,
+        remote_id: String,
+        offer_first: bool,
+        config: PeerConfig,
+        out: mpsc::UnboundedSender<PeerOut>,
+    ) -> PeerHandle {
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let remote = remote_id.clone();
+            let out2 = out.clone();
+            if let Err(e) = run_peer(local_id, remote_id, offer_first, config, out, cmd_rx).await {
+                tracing::warn!(peer = %remote, error = %e, "peer connection ended with an error");
+            }
+            let _ = out2.send(PeerOut::Event {
+                from: remote,
+                event: PeerEvent::Closed,
+            });
+        });
+        PeerHandle { cmd, task }
+    }
+
+    pub fn close(self) {
+        self.task.abort();
+    }
+}
+
+struct Packet {
+    data: Vec<u8>,
+    source: SocketAddr,
+    destination: SocketAddr,
+}
+
+struct Peer {
+    remote_id: String,
+    polite: bool,
+    rtc: Rtc,
+    sockets: Vec<Arc<UdpSocket>>,
+    out: mpsc::UnboundedSender<PeerOut>,
+    config: PeerConfig,
+    pending: Option<(SdpPendingOffer, Instant)>,
+    negotiated: bool,
+    channels: Option<[ChannelId; 3]>,
+    open: [bool; 3],
+    outbox: VecDeque<(ChannelKind, bool, Vec<u8>)>,
+    remote_set: bool,
+    early_candidates: Vec<Candidate>,
+    jobs: VecDeque<FileJob>,
+    job_ended: bool,
+    hold: Option<FileFrame>,
+    acks: HashMap<String, oneshot::Sender<FileAck>>,
+    incoming: Option<Incoming>,
+    state: PeerState,
+    disconnected_since: Option<Instant>,
+    flush_needed: bool,
+}
+
+fn new_rtc() -> Rtc {
+    Rtc::builder().build(Instant::now())
+}
+
+async fn run_peer(
+    local_id: String,
+    remote_id: String,
+    offer_first: bool,
+    config: PeerConfig,
+    out: mpsc::UnboundedSender<PeerOut>,
+    mut cmd_rx: mpsc::UnboundedReceiver<PeerCmd>,
+) -> Result<(), crate::Error> {
+    let (net_tx, mut net_rx) = mpsc::channel::<Packet>(4096);
+    let mut sockets = Vec::new();
+    let mut readers = Vec::new();
+    for ip in &config.host_ips {
+        let sock = match UdpSocket::bind(SocketAddr::new(*ip, 0)).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "cannot bind a UDP socket, skipping this address");
+                continue;
+            }
+        };
+        let local = sock.local_addr()?;
+        let (s, tx) = (sock.clone(), net_tx.clone());
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match s.recv_from(&mut buf).await {
+                    Ok((n, source)) => {
+                        let p = Packet {
+                            data: buf[..n].to_vec(),
+                            source,
+                            destination: local,
+                        };
+                        if tx.send(p).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        // ICMP port unreachable and friends: keep reading.
+                        tracing::trace!(error = %e, "udp recv error");
+                    }
+                }
+            }
+        }));
+        sockets.push(sock);
+    }
+    drop(net_tx);
+    if sockets.is_empty() {
+        return Err(crate::Error::Io(std::io::Error::other(
+            "no local address to bind a UDP socket to",
+        )));
+    }
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for h in &self.0 {
+                h.abort();
+            }
+        }
+    }
+    let _readers = AbortOnDrop(readers);
+
+    let mut peer = Peer {
+        polite: local_id > remote_id,
+        remote_id,
+        rtc: new_rtc(),
+        sockets,
+        out,
+        config,
+        pending: None,
+        negotiated: false,
+        channels: None,
+        open: [false; 3],
+        outbox: VecDeque::new(),
+        remote_set: false,
+        early_candidates: Vec::new(),
+        jobs: VecDeque::new(),
+        job_ended: false,
+        hold: None,
+        acks: HashMap::new(),
+        incoming: None,
+        state: PeerState::Connecting,
+        disconnected_since: None,
+        flush_needed: false,
+    };
+    peer.add_local_candidates();
+    tracing::debug!(peer = %peer.remote_id, polite = peer.polite, offer_first, "peer task started");
+    if offer_first {
+        peer.make_offer(false);
+    }
+
+    enum Wake {
+        Timeout,
+        Net(Packet),
+        Cmd(Option<PeerCmd>),
+        Frame(Option<FileFrame>),
+    }
+
+    async fn next_frame(jobs: &mut VecDeque<FileJob>) -> Option<FileFrame> {
+        match jobs.front_mut() {
+            Some(j) => j.frames.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    loop {
+        let mut timeout = peer.drain();
+        if !peer.rtc.is_alive() {
+            peer.set_state(PeerState::Closed);
+            return Ok(());
+        }
+        peer.after_drain();
+        timeout = timeout.min(peer.drain());
+        peer.check_timers();
+        timeout = timeout.min(peer.drain());
+        let now = Instant::now();
+        if peer.hold.is_some() || !peer.outbox.is_empty() {
+            timeout = timeout.min(now + Duration::from_millis(20));
+        }
+        if peer.pending.is_some() || peer.disconnected_since.is_some() {
+            timeout = timeout.min(now + Duration::from_millis(500));
+        }
+        let can_pull = peer.can_pull_frame();
+        let wake = tokio::select! {
+            _ = tokio::time::sleep_until(timeout.max(now).into()) => Wake::Timeout,
+            p = net_rx.recv() => match p { Some(p) => Wake::Net(p), None => return Ok(()) },
+            c = cmd_rx.recv() => Wake::Cmd(c),
+            f = next_frame(&mut peer.jobs), if can_pull => Wake::Frame(f),
+        };
+        match wake {
+            Wake::Timeout => {
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    tracing::warn!(error = %e, "rtc timeout handling failed");
+                }
+            }
+            Wake::Net(p) => {
+                let Ok(recv) = Receive::new(Protocol::Udp, p.source, p.destination, &p.data) else {
+                    continue;
+                };
+                if let Err(e) = peer.rtc.handle_input(Input::Receive(Instant::now(), recv)) {
+                    tracing::debug!(error = %e, "rtc input rejected");
+                }
+            }
+            Wake::Cmd(None) => {
+                peer.rtc.disconnect();
+                return Ok(());
+            }
+            Wake::Cmd(Some(cmd)) => peer.on_cmd(cmd),
+            Wake::Frame(Some(frame)) => peer.write_frame(frame),
+            Wake::Frame(None) => peer.finish_job(),
+        }
+    }
+}
+
+impl Peer {
+    fn add_local_candidates(&mut self) {
+        for s in &self.sockets {
+            let Ok(addr) = s.local_addr() else { continue };
+            match Candidate::host(addr, "udp") {
+                Ok(c) => {
+                    self.rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::debug!(%addr, error = %e, "bad host candidate"),
+            }
+        }
+    }
+
+    fn signal(&self, msg: ClientMsg) {
+        let _ = self.out.send(PeerOut::Signal(msg));
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        let _ = self.out.send(PeerOut::Event {
+            from: self.remote_id.clone(),
+            event,
+        });
+    }
+
+    fn set_state(&mut self, state: PeerState) {
+        if self.state != state {
+            self.state = state;
+            self.disconnected_since = (state == PeerState::Disconnected).then(Instant::now);
+            self.emit(PeerEvent::State(state));
+        }
+    }
+
+    /// Polls str0m until it only has a timeout left; sends datagrams and handles events.
+    fn drain(&mut self) -> Instant {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return t,
+                Ok(Output::Transmit(t)) => {
+                    let sock = self
+                        .sockets
+                        .iter()
+                        .find(|s| s.local_addr().ok() == Some(t.source))
+                        .or_else(|| {
+                            self.sockets.iter().find(|s| {
+                                s.local_addr().map(|a| a.is_ipv4()).ok()
+                                    == Some(t.destination.is_ipv4())
+                            })
+                        });
+                    if let Some(sock) = sock {
+                        // A full socket buffer drops the datagram, as the network would; SCTP retransmits.
+                        let _ = sock.try_send_to(&t.contents, t.destination);
+                    }
+                }
+                Ok(Output::Event(e)) => self.on_event(e),
+                Err(e) => {
+                    tracing::warn!(peer = %self.remote_id, error = %e, "peer connection failed");
+                    self.rtc.disconnect();
+                    return Instant::now() + Duration::from_millis(10);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::IceConnectionStateChange(s) => {
+                tracing::debug!(peer = %self.remote_id, state = ?s, "ice state");
+                match s {
+                    IceConnectionState::New | IceConnectionState::Checking => {
+                        if self.state != PeerState::Connected {
+                            self.set_state(PeerState::Connecting)
+                        }
+                    }
+                    IceConnectionState::Connected | IceConnectionState::Completed => {
+                        if self.state == PeerState::Disconnected {
+                            self.set_state(PeerState::Connected)
+                        }
+                    }
+                    IceConnectionState::Disconnected => self.set_state(PeerState::Disconnected),
+                }
+            }
+            Event::Connected => self.set_state(PeerState::Connected),
+            Event::ChannelOpen(id, label) => {
+                if let Some(i) = self.channel_index(id) {
+                    tracing::debug!(peer = %self.remote_id, %label, "data channel open");
+                    self.open[i] = true;
+                    self.flush_needed = true;
+                    self.emit(PeerEvent::ChannelOpen(ChannelKind::from_index(i)));
+                }
+            }
+            Event::ChannelClose(id) => {
+                if let Some(i) = self.channel_index(id) {
+                    self.open[i] = false;
+                }
+            }
+            Event::ChannelData(d) => {
+                let Some(i) = self.channel_index(d.id) else {
+                    return;
+                };
+                let kind = ChannelKind::from_index(i);
+                if kind == ChannelKind::File {
+                    self.on_file_message(d.binary, d.data);
+                } else {
+                    self.emit(PeerEvent::Data {
+                        kind,
+                        binary: d.binary,
+                        data: d.data,
+                    });
+                }
+            }
+            Event::Closed => self.set_state(PeerState::Closed),
+            _ => {}
+        }
+    }
+
+    fn channel_index(&self, id: ChannelId) -> Option<usize> {
+        self.channels
+            .as_ref()
+            .and_then(|c| c.iter().position(|x| *x == id))
+    }
+
+    fn channel_id(&self, kind: ChannelKind) -> Option<ChannelId> {
+        self.channels.map(|c| c[kind.index()])
+    }
+
+    /// Writes one message; `Ok(false)` when the channel is not open or its buffer is full.
+    fn write(&mut self, kind: ChannelKind, binary: bool, data: &[u8]) -> bool {
+        if !self.open[kind.index()] {
+            return false;
+        }
+        let Some(id) = self.channel_id(kind) else {
+            return false;
+        };
+        let Some(mut ch) = self.rtc.channel(id) else {
+            return false;
+        };
+        let ok = match ch.write(binary, data) {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::debug!(error = %e, "data channel write failed");
+                false
+            }
+        };
+        self.drain();
+        ok
+    }
+
+    fn buffered(&mut self, kind: ChannelKind) -> usize {
+        let Some(id) = self.channel_id(kind) else {
+            return 0;
+        };
+        let n = self
+            .rtc
+            .channel(id)
+            .map(|mut c| c.buffered_amount())
+            .unwrap_or(0);
+        self.drain();
+        n
+    }
+
+    fn after_drain(&mut self) {
+        if self.flush_needed {
+            self.flush_needed = false;
+            if let Some(id) = self.channel_id(ChannelKind::File) {
+                if let Some(mut c) = self.rtc.channel(id) {
+                    c.set_buffered_amount_low_threshold(FILE_LOW_WATER);
+                }
+                self.drain();
+            }
+        }
+        // Messages first (chat must not wait behind a file), then the held file frame.
+        while let Some((kind, binary, data)) = self.outbox.pop_front() {
+            if !self.write(kind, binary, &data) {
+                self.outbox.push_front((kind, binary, data));
+                break;
+            }
+        }
+        if !self.outbox.is_empty() {
+            return;
+        }
+        if let Some(frame) = self.hold.take() {
+            self.write_frame(frame);
+        }
+    }
+
+    fn check_timers(&mut self) {
+        let now = Instant::now();
+        if let Some((_, since)) = &self.pending {
+            if now.duration_since(*since) > OFFER_WATCHDOG {
+                tracing::info!(peer = %self.remote_id, "no answer to our offer: offering again");
+                self.rollback();
+                self.make_offer(self.negotiated);
+            }
+        }
+        if let Some(since) = self.disconnected_since {
+            if now.duration_since(since) > DISCONNECTED_RESTART && self.pending.is_none() {
+                tracing::info!(peer = %self.remote_id, "connection lost: ICE restart");
+                self.disconnected_since = Some(now);
+                self.make_offer(true);
+            }
+        }
+    }
+
+    fn can_pull_frame(&mut self) -> bool {
+        !self.jobs.is_empty()
+            && self.hold.is_none()
+            && self.outbox.is_empty()
+            && self.open[ChannelKind::File.index()]
+            && self.buffered(ChannelKind::File) < FILE_HIGH_WATER
+    }
+
+    fn write_frame(&mut self, frame: FileFrame) {
+        let ok = match &frame {
+            FileFrame::Text(t) => {
+                if t.contains("\"t\":\"end\"") {
+                    self.job_ended = true;
+                }
+                self.write(ChannelKind::File, false, t.as_bytes())
+            }
+            FileFrame::Binary(b) => self.write(ChannelKind::File, true, b),
+        };
+        if !ok {
+            self.hold = Some(frame);
+        }
+    }
+
+    /// The reader of the current job is done (all frames taken).
+    fn finish_job(&mut self) {
+        if let Some(job) = self.jobs.pop_front() {
+            if !self.job_ended {
+                if let Some(ack) = self.acks.remove(&job.id) {
+                    let _ = ack.send(FileAck {
+                        ok: false,
+                        sha256: String::new(),
+                        error: Some("reading the file failed".into()),
+                    });
+                }
+            }
+        }
+        self.job_ended = false;
+    }
+
+    fn on_file_message(&mut self, binary: bool, data: Vec<u8>) {
+        let max = self.config.max_file_bytes;
+        if binary {
+            let due = match self.incoming.as_mut() {
+                Some(rx) => rx.push(&data, max),
+                None => return,
+            };
+            if due {
+                if let Some(rx) = &self.incoming {
+                    self.emit(PeerEvent::FileProgress {
+                        id: rx.id.clone(),
+                        name: rx.name.clone(),
+                        bytes: rx.received,
+                        size: rx.size,
+                    });
+                }
+            }
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(&data) else {
+            return;
+        };
+        let Ok(msg) = serde_json::from_str::<FileControl>(text) else {
+            tracing::debug!("unknown file-channel message ignored");
+            return;
+        };
+        match msg {
+            FileControl::Start {
+                id,
+                name,
+                size,
+                mime,
+                sha256,
+            } => {
+                self.emit(PeerEvent::FileProgress {
+                    id: id.clone(),
+                    name: name.clone(),
+                    bytes: 0,
+                    size,
+                });
+                self.incoming = Some(Incoming::new(id, name, mime, size, sha256, max));
+            }
+            FileControl::End { id } => {
+                let Some(rx) = self.incoming.take() else {
+                    return;
+                };
+                if rx.id != id {
+                    return;
+                }
+                let file = rx.finish();
+                let ack = FileControl::Ack {
+                    id: file.id.clone(),
+                    ok: file.checksum_ok,
+                    sha256: file.sha256.clone(),
+                };
+                if let Ok(s) = serde_json::to_string(&ack) {
+                    self.queue_or_write(ChannelKind::File, false, s.into_bytes());
+                }
+                self.emit(PeerEvent::File(file));
+            }
+            FileControl::Ack { id, ok, sha256 } => {
+                if let Some(w) = self.acks.remove(&id) {
+                    let _ = w.send(FileAck {
+                        ok,
+                        sha256,
+                        error: None,
+                    });
+                }
+            }
+        }
+    }
+
+    fn queue_or_write(&mut self, kind: ChannelKind, binary: bool, data: Vec<u8>) {
+        let queued_behind = !self.outbox.is_empty() || !self.write(kind, binary, &data);
+        if queued_behind && kind != ChannelKind::Lossy && self.outbox.len() < MAX_OUTBOX {
+            self.outbox.push_back((kind, binary, data));
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: PeerCmd) {
+        match cmd {
+            PeerCmd::Description { offer: true, sdp } => self.on_offer(&sdp),
+            PeerCmd::Description { offer: false, sdp } => self.on_answer(&sdp),
+            PeerCmd::Candidate(c) => self.on_candidate(c),
+            PeerCmd::Send { kind, binary, data } => self.queue_or_write(kind, binary, data),
+            PeerCmd::SendFile { job, ack } => {
+                self.acks.insert(job.id.clone(), ack);
+                self.jobs.push_back(job);
+            }
+            PeerCmd::Resumed => {
+                if self.pending.is_some() {
+                    self.rollback();
+                    self.make_offer(self.negotiated && self.state != PeerState::Connected);
+                } else if matches!(self.state, PeerState::Disconnected) {
+                    self.make_offer(true);
+                }
+            }
+        }
+    }
+
+    /// Drops our pending offer. Before the first negotiation completed, the pending offer carried the data
+    /// channels, which str0m cannot re-add: start over with a fresh `Rtc` (nothing was connected yet).
+    fn rollback(&mut self) {
+        if self.pending.take().is_some() && !self.negotiated {
+            self.rtc = new_rtc();
+            self.channels = None;
+            self.open = [false; 3];
+            self.remote_set = false;
+            self.add_local_candidates();
+            self.drain();
+        }
+    }
+
+    fn make_offer(&mut self, ice_restart: bool) {
+        let mut api = self.rtc.sdp_api();
+        let mut new_channels = None;
+        if self.channels.is_none() {
+            let mut ids = Vec::new();
+            for (label, id, ordered, reliability) in CHANNELS {
+                ids.push(api.add_channel_with_config(ChannelConfig {
+                    label: label.to_string(),
+                    ordered,
+                    reliability,
+                    negotiated: Some(id),
+                    protocol: String::new(),
+                }));
+            }
+            new_channels = Some([ids[0], ids[1], ids[2]]);
+        }
+        if ice_restart {
+            api.ice_restart(true);
+        }
+        let applied = api.apply();
+        if new_channels.is_some() {
+            self.channels = new_channels;
+        }
+        if let Some((offer, pending)) = applied {
+            self.pending = Some((pending, Instant::now()));
+            self.signal(ClientMsg::Offer {
+                to: self.remote_id.clone(),
+                sdp: offer.to_sdp_string(),
+            });
+        }
+        self.drain();
+    }
+
+    fn on_offer(&mut self, sdp: &str) {
+        let collision = self.pending.is_some();
+        if collision && !self.polite {
+            tracing::debug!(peer = %self.remote_id, "offer collision: impolite, ignoring theirs");
+            return;
+        }
+        if collision {
+            tracing::debug!(peer = %self.remote_id, "offer collision: polite, rolling back ours");
+            self.rollback();
+        }
+        let offer = match SdpOffer::from_sdp_string(sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(peer = %self.remote_id, error = %e, "unparseable offer ignored");
+                return;
+            }
+        };
+        let answer = self.rtc.sdp_api().accept_offer(offer);
+        self.drain();
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(peer = %self.remote_id, error = %e, "offer rejected");
+                return;
+            }
+        };
+        self.negotiated = true;
+        self.remote_set = true;
+        self.signal(ClientMsg::Answer {
+            to: self.remote_id.clone(),
+            sdp: answer.to_sdp_string(),
+        });
+        self.apply_early_candidates();
+        if self.channels.is_none() {
+            // Negotiated channels need no DCEP: with the offer's m=application they apply directly.
+            self.make_offer(false);
+        }
+    }
+
+    fn on_answer(&mut self, sdp: &str) {
+        let Some((pending, _)) = self.pending.take() else {
+            tracing::debug!(peer = %self.remote_id, "stale answer ignored");
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(peer = %self.remote_id, error = %e, "unparseable answer ignored");
+                return;
+            }
+        };
+        let r = self.rtc.sdp_api().accept_answer(pending, answer);
+        self.drain();
+        if let Err(e) = r {
+            tracing::warn!(peer = %self.remote_id, error = %e, "answer rejected");
+            return;
+        }
+        self.negotiated = true;
+        self.remote_set = true;
+        self.apply_early_candidates();
+    }
+
+    fn on_candidate(&mut self, c: Option<CandidateInit>) {
+        let Some(c) = c else { return };
+        if c.candidate.trim().is_empty() {
+            return;
+        }
+        let cand = match Candidate::from_sdp_string(c.candidate.trim()) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "remote candidate ignored");
+                return;
+            }
+        };
+        if cand.proto() != Protocol::Udp {
+            return;
+        }
+        if self.remote_set {
+            self.rtc.add_remote_candidate(cand);
+            self.drain();
+        } else if self.early_candidates.len() < 100 {
+            self.early_candidates.push(cand);
+        }
+    }
+
+    fn apply_early_candidates(&mut self) {
+        for c in std::mem::take(&mut self.early_candidates) {
+            self.rtc.add_remote_candidate(c);
+            self.drain();
+        }
+    }
+}
