@@ -173,6 +173,12 @@ export class Room {
   /** Remote participants by id. */
   readonly participants: Map<string, Participant>;
   readonly iceServers: RTCIceServer[];
+  /**
+   * `mode` is `mesh` (one RTCPeerConnection per remote participant) or `sfu` (one RTCPeerConnection to the server,
+   * which forwards every participant's tracks; events, `participants` and `getStats()` look the same). In `sfu`
+   * rooms data channels (`send`, `sendTo`, `sendFile`) are not available and `peers` stays empty. Publishers the
+   * server forwards that are not in the signaling roster (WHIP, `whip_<id>`) appear as participants too.
+   */
   readonly roomInfo: { name: string; mode: string } | null;
   readonly permissions: { can_publish: boolean; can_subscribe: boolean; can_publish_data: boolean } | null;
   readonly signalingState: SignalingState;
@@ -199,9 +205,10 @@ export class Room {
   /** Chunked, back-pressured file transfer on the dedicated `file` channel; the receiver checks SHA-256. */
   sendFile(file: Blob & { name?: string }, participantId?: string): Promise<FileSendResult[]>;
 
-  /** Stats of every peer connection, by participant id. */
+  /** Stats of every peer connection, by participant id (in `sfu` rooms: the server connection's stats, split by the participant each inbound track comes from). */
   getStats(): Promise<Record<string, PeerStats>>;
   getPeerStats(participantId: string): Promise<PeerStats | null>;
+  /** The RTCPeerConnection carrying a participant's media (in `sfu` rooms: the one connection to the server). */
   getPeerConnection(participantId: string): RTCPeerConnection | null;
   /** Round-trip time of a signaling `ping`, in ms. */
   pingServer(timeoutMs?: number): Promise<number>;

@@ -342,7 +342,15 @@ class Peer {
     const pc = this.pc;
     const offerCollision = type === 'offer' && (this.makingOffer || pc.signalingState !== 'stable');
     this.ignoreOffer = !this.polite && offerCollision;
-    if (this.ignoreOffer) return;
+    if (this.ignoreOffer) {
+      // Our pending offer may have been lost (sent while the other side's signaling socket was down, e.g. after a
+      // network change): send it again, so the polite peer rolls its own offer back and answers ours now instead
+      // of both sides waiting for the watchdog.
+      if (!this.makingOffer && pc.signalingState === 'have-local-offer' && pc.localDescription) {
+        this.room._send({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+      }
+      return;
+    }
     if (type === 'answer' && pc.signalingState !== 'have-local-offer') return; // stale answer
     await pc.setRemoteDescription({ type, sdp }); // the polite peer rolls back implicitly
     if (type === 'offer') {
@@ -565,6 +573,166 @@ class Peer {
   }
 }
 
+
+/**
+ * SFU rooms (`joined.room.mode === 'sfu'`): the one RTCPeerConnection to the server ("sfu"). Local tracks are
+ * sent on sendonly transceivers; the server adds a sendonly m-line per forwarded track, whose
+ * `a=msid:<stream id> <participant id>.<n>` names the publisher. Negotiation is the mesh's perfect negotiation
+ * with the server as the polite peer ("sfu" sorts after every "p_..." id).
+ */
+class SfuPeer extends Peer {
+  constructor(room) {
+    super(room, { id: 'sfu', identity: 'sfu', name: 'SFU', metadata: {}, streams: new Map(), tracks: new Set() });
+    this.midOwner = new Map(); // mid -> participant id
+    this.trackOwner = new Map(); // remote track id -> participant id
+    this.prevByParticipant = new Map();
+    const pc = this.pc;
+    pc.ontrack = (ev) => this._onTrack(ev);
+    pc.onconnectionstatechange = () => {
+      const state = pc.connectionState;
+      for (const p of this.room.participants.values()) this.room.emit('connection_state', p, state);
+      clearTimeout(this.disconnectTimer);
+      if (state === 'failed') {
+        this.restartIce();
+      } else if (state === 'disconnected') {
+        this.disconnectTimer = setTimeout(() => {
+          if (!this.closed && pc.connectionState === 'disconnected') this.restartIce();
+        }, DISCONNECTED_RESTART_MS);
+      } else if (state === 'connected') {
+        this.pendingRestart = false;
+      }
+    };
+  }
+
+  /** Publishes our tracks (no data channels: the SFU does not relay them). */
+  attachLocal() {
+    if (this.tracksAttached) return;
+    this.tracksAttached = true;
+    for (const { track, stream } of this.room._localTracks()) this.addTrack(track, stream);
+  }
+
+  addTrack(track, stream) {
+    if (this.senders.has(track) || this.closed) return;
+    const tr = this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    this.senders.set(track, tr.sender);
+  }
+
+  /** The participant id the SFU put in the msid of m-line `mid` of the current remote description. */
+  _ownerOf(mid) {
+    const sdp = this.pc.remoteDescription?.sdp || '';
+    for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+      const m = section.match(/\r?\na=mid:(\S+)/);
+      if (!m || m[1] !== mid) continue;
+      const msid = section.match(/\r?\na=msid:(\S+) (\S+)/);
+      if (!msid) return null;
+      const i = msid[2].indexOf('.');
+      return i > 0 ? msid[2].slice(0, i) : null;
+    }
+    return null;
+  }
+
+  _onTrack({ track, streams, transceiver }) {
+    const room = this.room;
+    const mid = transceiver?.mid;
+    const owner = mid != null ? this._ownerOf(mid) : null;
+    if (!owner || (room.localParticipant && owner === room.localParticipant.id)) return;
+    let p = room.participants.get(owner);
+    if (!p) {
+      // A publisher that is not in the signaling roster (WHIP).
+      p = room._addParticipant({ id: owner, identity: owner, name: owner });
+      p._viaSfu = true;
+    }
+    this.midOwner.set(mid, owner);
+    this.trackOwner.set(track.id, owner);
+    const stream = streams[0] || new MediaStream([track]);
+    p.streams.set(stream.id, stream);
+    p.tracks.add(track);
+    const gone = () => {
+      if (!p.tracks.has(track)) return;
+      p.tracks.delete(track);
+      if (stream.getTracks().length === 0) p.streams.delete(stream.id);
+      room.emit('track_removed', p, track, stream);
+      if (p._viaSfu && p.tracks.size === 0 && room.participants.get(p.id) === p) room._removeParticipant(p.id, 'left');
+    };
+    stream.addEventListener('removetrack', (ev) => {
+      if (ev.track === track) gone();
+    });
+    track.addEventListener('ended', gone);
+    room.emit('track', p, track, stream);
+    room.emit('connection_state', p, this.pc.connectionState);
+  }
+
+  /** Stats of the SFU connection, split by the participant each inbound track comes from. */
+  async statsByParticipant() {
+    const report = await this.pc.getStats();
+    const now = performance.now();
+    const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
+    let pair = null;
+    report.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
+    });
+    const cand = (id) => {
+      const c = id && byId.get(id);
+      return c ? { type: c.candidateType, protocol: c.protocol, address: c.address ?? c.ip, port: c.port, relayProtocol: c.relayProtocol } : null;
+    };
+    const local = pair ? cand(pair.localCandidateId) : null;
+    const remote = pair ? cand(pair.remoteCandidateId) : null;
+    const out = {};
+    for (const p of this.room.participants.values()) {
+      out[p.id] = {
+        participantId: p.id,
+        name: p.name,
+        connectionState: this.pc.connectionState,
+        iceConnectionState: this.pc.iceConnectionState,
+        local,
+        remote,
+        path: local && remote ? (local.type === 'relay' || remote.type === 'relay' ? 'relay' : 'direct') : null,
+        rttMs: pair && pair.currentRoundTripTime != null ? pair.currentRoundTripTime * 1000 : null,
+        bytesSent: 0,
+        bytesReceived: 0,
+        inboundBitrate: 0,
+        outboundBitrate: 0,
+        video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, packetsLost: 0, frameWidth: 0, frameHeight: 0 },
+        audio: { totalSamplesReceived: 0, packetsReceived: 0, packetsLost: 0 },
+        packetLoss: 0,
+        dataChannels: {},
+        timestamp: Date.now(),
+        via: 'sfu',
+      };
+    }
+    report.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      const owner = this.trackOwner.get(s.trackIdentifier) || (s.mid != null ? this.midOwner.get(String(s.mid)) : undefined);
+      const o = owner && out[owner];
+      if (!o) return;
+      o.bytesReceived += s.bytesReceived || 0;
+      const k = s.kind || s.mediaType;
+      if (k === 'video') {
+        o.video.framesDecoded += s.framesDecoded || 0;
+        o.video.framesReceived += s.framesReceived || 0;
+        o.video.packetsReceived += s.packetsReceived || 0;
+        o.video.packetsLost += s.packetsLost || 0;
+        o.video.frameWidth = Math.max(o.video.frameWidth, s.frameWidth || 0);
+        o.video.frameHeight = Math.max(o.video.frameHeight, s.frameHeight || 0);
+      } else if (k === 'audio') {
+        o.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
+        o.audio.packetsReceived += s.packetsReceived || 0;
+        o.audio.packetsLost += s.packetsLost || 0;
+      }
+    });
+    for (const o of Object.values(out)) {
+      const prev = this.prevByParticipant.get(o.participantId);
+      if (prev && now > prev.t) o.inboundBitrate = Math.max(0, ((o.bytesReceived - prev.rx) * 8) / ((now - prev.t) / 1000));
+      this.prevByParticipant.set(o.participantId, { t: now, rx: o.bytesReceived });
+      const recv = o.video.packetsReceived + o.audio.packetsReceived;
+      const lost = o.video.packetsLost + o.audio.packetsLost;
+      o.packetLoss = recv + lost > 0 ? lost / (recv + lost) : 0;
+    }
+    return out;
+  }
+}
+
 /**
  * A room session. Create with `connect(url, token, options)`, or `new Room(url, token, options)`, attach
  * handlers, optionally `publish()`, then `await room.connect()`.
@@ -580,6 +748,8 @@ export class Room extends Emitter {
     this.participants = new Map();
     /** @type {Map<string, Peer>} */
     this.peers = new Map();
+    /** @type {SfuPeer|null} the connection to the SFU (sfu rooms only) */
+    this.sfu = null;
     this.iceServers = [];
     this.roomInfo = null;
     this.permissions = null;
@@ -792,17 +962,38 @@ export class Room extends Emitter {
         }
         peer.afterResume();
       }
+      if (this.sfu) {
+        try {
+          this.sfu.pc.setConfiguration({ ...this.sfu.pc.getConfiguration(), iceServers: this.iceServers });
+        } catch (_) {
+          /* keep the old configuration */
+        }
+        this.sfu.afterResume();
+      }
       return;
     }
 
     // A fresh session (first join, or the previous session expired): start the mesh from scratch.
     for (const id of [...this.participants.keys()]) this._removeParticipant(id, 'reconnected');
+    if (this.sfu) {
+      this.sfu.close();
+      this.sfu = null;
+    }
     this.localParticipant = new Participant(me, true);
     this.localParticipant.metadata = { ...this.localMetadata, ...(me.metadata || {}) };
     const roster = msg.participants || [];
     // Handlers are attached after `await connect()`: announce the roster and start offering on the next task.
     setTimeout(() => {
       if (this._left) return;
+      if (this.roomInfo && this.roomInfo.mode === 'sfu') {
+        // SFU room: one connection to the server carries everything; no peer connection per participant.
+        for (const info of roster) if (!this.participants.has(info.id)) this._addParticipant(info);
+        if (!this.sfu) {
+          this.sfu = new SfuPeer(this);
+          this.sfu.attachLocal();
+        }
+        return;
+      }
       for (const info of roster) {
         if (this.participants.has(info.id)) continue;
         const p = this._addParticipant(info);
@@ -872,6 +1063,11 @@ export class Room extends Emitter {
       }
       case 'offer':
       case 'answer': {
+        if (msg.from === 'sfu') {
+          const sfu = this.sfu;
+          if (sfu) sfu.enqueue(() => sfu.onDescription(msg.type, msg.sdp));
+          break;
+        }
         let p = this.participants.get(msg.from);
         if (!p) p = this._addParticipant({ id: msg.from, identity: msg.from, name: msg.from });
         const peer = this._ensurePeer(p);
@@ -879,6 +1075,11 @@ export class Room extends Emitter {
         break;
       }
       case 'candidate': {
+        if (msg.from === 'sfu') {
+          const sfu = this.sfu;
+          if (sfu) sfu.enqueue(() => sfu.onCandidate(msg.candidate));
+          break;
+        }
         const peer = this.peers.get(msg.from);
         if (peer) peer.enqueue(() => peer.onCandidate(msg.candidate));
         break;
@@ -926,6 +1127,7 @@ export class Room extends Emitter {
       for (const track of s.getTracks()) {
         track.addEventListener('ended', () => this.unpublish({ screen: true }));
         for (const peer of this.peers.values()) if (peer.tracksAttached) peer.addTrack(track, s);
+        if (this.sfu?.tracksAttached) this.sfu.addTrack(track, s);
       }
     }
     this._announceStreams();
@@ -942,6 +1144,7 @@ export class Room extends Emitter {
     const stream = this.localStreams.camera;
     for (const track of s.getTracks()) {
       for (const peer of this.peers.values()) if (peer.tracksAttached) peer.addTrack(track, stream);
+      if (this.sfu?.tracksAttached) this.sfu.addTrack(track, stream);
     }
   }
 
@@ -958,6 +1161,7 @@ export class Room extends Emitter {
       track.stop();
       stream.removeTrack(track);
       for (const peer of this.peers.values()) peer.removeTrack(track);
+      this.sfu?.removeTrack(track);
     };
     const cam = this.localStreams.camera;
     if (cam) {
@@ -1047,6 +1251,7 @@ export class Room extends Emitter {
 
   /** Stats of every peer connection, keyed by participant id (see `PeerStats` in the .d.ts). */
   async getStats() {
+    if (this.sfu) return this.sfu.statsByParticipant();
     const out = {};
     await Promise.all([...this.peers.values()].map(async (peer) => {
       out[peer.id] = await peer.stats();
@@ -1056,12 +1261,14 @@ export class Room extends Emitter {
 
   /** Stats of the peer connection to one participant. */
   getPeerStats(participantId) {
+    if (this.sfu) return this.sfu.statsByParticipant().then((all) => all[participantId] || null);
     const peer = this.peers.get(participantId);
     return peer ? peer.stats() : Promise.resolve(null);
   }
 
   /** The RTCPeerConnection to a participant (for advanced use). */
   getPeerConnection(participantId) {
+    if (this.sfu) return this.participants.has(participantId) ? this.sfu.pc : null;
     return this.peers.get(participantId)?.pc || null;
   }
 
@@ -1084,6 +1291,10 @@ export class Room extends Emitter {
     for (const id of [...this.peers.keys()]) {
       this.peers.get(id).close();
       this.peers.delete(id);
+    }
+    if (this.sfu) {
+      this.sfu.close();
+      this.sfu = null;
     }
     for (const s of [this.localStreams.camera, this.localStreams.screen]) if (s) s.getTracks().forEach((t) => t.stop());
     this.localStreams = { camera: null, screen: null };

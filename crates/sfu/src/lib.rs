@@ -7,8 +7,30 @@
 //!   participants of `sfu` rooms.
 //! - [`Sfu::router`]: WHIP (`POST /whip/{room}`) and WHEP (`POST /whep/{room}`) endpoints, merged into the
 //!   HTTP app by the binary.
+//!
+//! Architecture: one UDP socket carries every participant's media; one tokio task (the [`engine`]) owns
+//! every str0m `Rtc` (sans-IO) and routes each datagram in O(1) (remote address → client, learned from the
+//! ICE ufrag of the first STUN request). The server side is ICE-lite. Media is forwarded at frame level with
+//! str0m's `Writer`; payloads are reference counted (`Arc<[u8]>`), so forwarding one frame to N subscribers
+//! copies no media bytes.
+//!
+//! Track attribution: every forwarded m-line carries `a=msid:<publisher stream id> <participant id>.<n>`,
+//! so a subscriber knows which participant a track belongs to (the stream id is the publisher's own,
+//! which keeps `metadata.streams` meaningful on the receiving side).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+mod engine;
+mod stun;
+mod whip;
+
+pub use stun::stun_local_ufrag;
+
+/// The default media port (`sfu.udp-port`).
+pub const DEFAULT_UDP_PORT: u16 = 7882;
 
 /// SFU settings.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -27,10 +49,9 @@ pub struct SfuConfig {
 impl Default for SfuConfig {
     fn default() -> Self {
         SfuConfig {
-            // Off until the SFU is implemented; then on by default.
-            enabled: false,
+            enabled: true,
             listen_ip: IpAddr::from([127, 0, 0, 1]),
-            udp_port: 7882,
+            udp_port: DEFAULT_UDP_PORT,
             public_ip: Vec::new(),
         }
     }
@@ -48,13 +69,51 @@ pub enum SfuError {
 /// A running SFU.
 pub struct Sfu {
     udp: SocketAddr,
+    tx: mpsc::UnboundedSender<engine::Command>,
 }
 
 impl Sfu {
     /// Bind the media socket and start.
     pub async fn start(config: SfuConfig) -> Result<std::sync::Arc<Sfu>, SfuError> {
-        let _ = config;
-        Err(SfuError::Config("the SFU is not implemented yet".into()))
+        let public: Vec<IpAddr> = if config.public_ip.is_empty() {
+            if config.listen_ip.is_unspecified() {
+                return Err(SfuError::Config(
+                    "listen-ip is unspecified: set public-ip to the address(es) clients reach this server on"
+                        .into(),
+                ));
+            }
+            vec![config.listen_ip]
+        } else {
+            config.public_ip.clone()
+        };
+        if let Some(bad) = public.iter().find(|ip| ip.is_unspecified()) {
+            return Err(SfuError::Config(format!(
+                "public-ip {bad} is not an address clients can reach"
+            )));
+        }
+        let wanted = SocketAddr::new(config.listen_ip, config.udp_port);
+        let socket = match tokio::net::UdpSocket::bind(wanted).await {
+            Ok(s) => s,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && config.udp_port == DEFAULT_UDP_PORT =>
+            {
+                // Candidates carry the real port, so clients do not care; only firewall rules would.
+                tracing::warn!(%wanted, "the default SFU port is in use (another switchboard?): using a free port");
+                tokio::net::UdpSocket::bind(SocketAddr::new(config.listen_ip, 0)).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let udp = socket.local_addr()?;
+        let candidates: Vec<SocketAddr> = public
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, udp.port()))
+            .collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = engine::Engine::new(socket, udp, candidates, rx).map_err(SfuError::Config)?;
+        tokio::spawn(engine.run());
+        tracing::info!(%udp, "SFU started");
+        Ok(Arc::new(Sfu { udp, tx }))
     }
 
     /// The bound media UDP address.
@@ -64,20 +123,43 @@ impl Sfu {
 
     /// WHIP/WHEP routes. `verify` checks a bearer token and returns its claims.
     pub fn router(self: &std::sync::Arc<Self>, keys: signal::KeySet) -> axum::Router {
-        let _ = keys;
-        axum::Router::new()
+        whip::router(self.tx.clone(), keys)
+    }
+
+    fn command(&self, cmd: engine::Command) {
+        if self.tx.send(cmd).is_err() {
+            tracing::error!("the SFU engine has stopped; dropping a command");
+        }
     }
 }
 
 impl signal::MediaServer for Sfu {
     fn join(
         &self,
-        _room: &str,
-        _participant: &str,
-        _permissions: signal::protocol::Permissions,
-        _sink: signal::MediaSink,
+        room: &str,
+        participant: &str,
+        permissions: signal::protocol::Permissions,
+        sink: signal::MediaSink,
     ) {
+        self.command(engine::Command::Join {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            can_publish: permissions.can_publish,
+            can_subscribe: permissions.can_subscribe,
+            sink,
+        });
     }
-    fn signal(&self, _room: &str, _participant: &str, _msg: signal::MediaSignal) {}
-    fn leave(&self, _room: &str, _participant: &str) {}
+    fn signal(&self, room: &str, participant: &str, msg: signal::MediaSignal) {
+        self.command(engine::Command::Signal {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            msg,
+        });
+    }
+    fn leave(&self, room: &str, participant: &str) {
+        self.command(engine::Command::Leave {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+        });
+    }
 }

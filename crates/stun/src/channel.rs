@@ -5,8 +5,11 @@ use crate::{StunError, HEADER_LEN};
 
 /// Lowest valid channel number.
 pub const CHANNEL_MIN: u16 = 0x4000;
-/// Highest valid channel number (RFC 8656).
+/// Highest channel number a client should pick (RFC 8656).
 pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Highest channel number accepted on the wire: RFC 5766 allowed 0x4000-0x7FFF and deployed clients
+/// (coturn's `turnutils_uclient`, among others) still use that range.
+pub const CHANNEL_MAX_ACCEPTED: u16 = 0x7FFF;
 
 /// A ChannelData message borrowing its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,9 +19,9 @@ pub struct ChannelData<'a> {
 }
 
 impl<'a> ChannelData<'a> {
-    /// Is the first byte in the ChannelData range (0x40..=0x4F)?
+    /// Do the first two bits say ChannelData (0b01)?
     pub fn is_channel_data(buf: &[u8]) -> bool {
-        buf.first().is_some_and(|b| (0x40..=0x4F).contains(b))
+        buf.first().is_some_and(|b| b >> 6 == 1)
     }
 
     /// Parse one ChannelData message; trailing bytes (padding) are ignored.
@@ -27,7 +30,7 @@ impl<'a> ChannelData<'a> {
             return Err(StunError::Truncated);
         }
         let channel = u16::from_be_bytes([buf[0], buf[1]]);
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
+        if !(CHANNEL_MIN..=CHANNEL_MAX_ACCEPTED).contains(&channel) {
             return Err(StunError::BadChannel(channel));
         }
         let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
@@ -43,7 +46,7 @@ impl<'a> ChannelData<'a> {
         data: &[u8],
         pad: bool,
     ) -> Result<(), StunError> {
-        if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
+        if !(CHANNEL_MIN..=CHANNEL_MAX_ACCEPTED).contains(&channel) {
             return Err(StunError::BadChannel(channel));
         }
         if data.len() > 0xFFFF {
@@ -73,13 +76,7 @@ pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, StunError> {
             }
             Ok(Some(HEADER_LEN + len))
         }
-        1 => {
-            let channel = u16::from_be_bytes([buf[0], buf[1]]);
-            if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&channel) {
-                return Err(StunError::BadChannel(channel));
-            }
-            Ok(Some(4 + pad4(len)))
-        }
+        1 => Ok(Some(4 + pad4(len))),
         _ => Err(StunError::NotStun),
     }
 }

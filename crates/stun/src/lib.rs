@@ -15,7 +15,7 @@ mod writer;
 pub use attr::{
     attr_type, is_comprehension_required, AddressFamily, Attribute, PasswordAlgorithms, U16List,
 };
-pub use channel::{stream_frame_len, ChannelData, CHANNEL_MAX, CHANNEL_MIN};
+pub use channel::{stream_frame_len, ChannelData, CHANNEL_MAX, CHANNEL_MAX_ACCEPTED, CHANNEL_MIN};
 pub use integrity::{
     fingerprint, long_term_key, long_term_key_sha256, PASSWORD_ALGORITHM_MD5,
     PASSWORD_ALGORITHM_SHA256,

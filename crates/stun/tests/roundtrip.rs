@@ -273,7 +273,9 @@ fn rejects_non_stun() {
     bad.extend_from_slice(&[0x00, 0x06, 0x00, 0x10, b'a', b'b', b'c', b'd']);
     bad[2..4].copy_from_slice(&8u16.to_be_bytes());
     assert!(Message::parse(&bad).is_err());
-    assert!(ChannelData::parse(&[0x50, 0, 0, 0]).is_err());
+    assert!(ChannelData::parse(&[0x80, 0, 0, 0]).is_err());
+    assert!(ChannelData::parse(&[0x3F, 0xFF, 0, 0]).is_err());
+    assert!(ChannelData::parse(&[0x7F, 0xFF, 0, 0]).is_ok()); // RFC 5766 range still accepted
     assert!(ChannelData::parse(&[0x40, 0, 0, 5, 1, 2]).is_err());
 }
 

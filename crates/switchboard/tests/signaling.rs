@@ -30,11 +30,18 @@ fn bin() -> &'static str {
 /// Starts `switchboard serve` on a free port with extra env; waits for its `listening http` line.
 fn serve(env: &[(&str, &str)], args: &[&str]) -> Server {
     let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--http", "127.0.0.1:0", "--no-turn"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--no-turn",
+        "--sfu-port",
+        "0",
+    ])
+    .args(args)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -334,7 +341,13 @@ fn self_signed_tls_serves_https() {
     assert!(s.base.starts_with("https://"), "{}", s.base);
     // curl is the independent TLS client here; -k because the certificate is self-signed.
     let out = Command::new("curl")
-        .args(["-sk", "--max-time", "10", "-w", " %{ssl_verify_result} %{http_version}"])
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "-w",
+            " %{ssl_verify_result} %{http_version}",
+        ])
         .arg(format!("{}/healthz", s.base))
         .output()
         .expect("curl runs");

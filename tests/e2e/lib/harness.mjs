@@ -192,7 +192,7 @@ export class Harness {
     } else {
       const bin = serverBin();
       if (!fs.existsSync(bin)) throw new Error(`server binary not found: ${bin} (build it with cargo build -p switchboard, or set SWITCHBOARD_BIN)`);
-      sp = await spawnServer(bin, ['serve', '--http', '127.0.0.1:0', '--turn-port', '0', '--sfu-port', '0', ...args], { RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' }, timeoutMs);
+      sp = await spawnServer(bin, ['serve', '--http', '127.0.0.1:0', '--turn-port', '0', '--sfu-port', '0', ...args], { RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1', ...env }, timeoutMs);
     }
     this.servers.push(sp);
     return sp;

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# TURN relay benchmark: coturn vs `switchboard turn`, same relay-threads, same turnutils_uclient load.
+# Prints, per server: messages/s (received), loss, average RTT; then the ratio ours/coturn.
+#
+# Usage (repo root): bench/turn.sh
+# Env: SWITCHBOARD_BIN (default target/release/switchboard, built if missing), THREADS (2), CLIENTS (20),
+#      MSGS per client (500), LEN bytes (200), INTERVAL ms between a session's packets (5), TCP=1 for -t.
+set -euo pipefail
+
+THREADS=${THREADS:-2}
+CLIENTS=${CLIENTS:-20}
+MSGS=${MSGS:-500}
+LEN=${LEN:-200}
+INTERVAL=${INTERVAL:-5}
+BIN=${SWITCHBOARD_BIN:-target/release/switchboard}
+TRANSPORT_FLAG=()
+[[ "${TCP:-0}" == 1 ]] && TRANSPORT_FLAG=(-t)
+
+for tool in turnserver turnutils_uclient; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install coturn)" >&2; exit 1; }
+done
+if [[ ! -x "$BIN" ]]; then
+  echo "building $BIN ..." >&2
+  cargo build --release -p switchboard >&2
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_udp() { # wait until something answers STUN on 127.0.0.1:$1
+  for _ in $(seq 50); do
+    local out
+    out=$(timeout 2 turnutils_stunclient -p "$1" 127.0.0.1 2>&1 || true)
+    [[ "$out" == *"reflexive addr"* ]] && return 0
+    sleep 0.2
+  done
+  echo "server on port $1 did not come up" >&2; exit 1
+}
+
+# run_load PORT → prints "msgs_per_s loss_pct rtt_ms sent recv"
+run_load() {
+  local out
+  out=$(turnutils_uclient ${TRANSPORT_FLAG[@]+"${TRANSPORT_FLAG[@]}"} -y -c -n "$MSGS" -m "$CLIENTS" -l "$LEN" -z "$INTERVAL" \
+        -p "$1" -u alice -w secret 127.0.0.1 2>&1)
+  python3 - "$out" <<'PY'
+import re, sys
+t = sys.argv[1]
+tot = [l for l in t.splitlines() if "tot_send_msgs=" in l and "msz=" not in l]
+send = int(re.search(r"tot_send_msgs=(\d+)", tot[-1]).group(1)) if tot else 0
+recv = int(re.search(r"tot_recv_msgs=(\d+)", tot[-1]).group(1)) if tot else 0
+secs = re.search(r"Total transmit time is (\d+)", t)
+secs = max(int(secs.group(1)), 1) if secs else 1
+loss = re.search(r"Total lost packets \d+ \(([\d.]+)%\)", t)
+rtt = re.search(r"Average round trip delay ([\d.]+) ms", t)
+print(f"{recv/secs:.0f} {float(loss.group(1)) if loss else 100.0:.3f} {float(rtt.group(1)) if rtt else -1:.3f} {send} {recv}")
+PY
+}
+
+P1=$(free_port); P2=$(free_port)
+turnserver -n --no-cli --no-tls --no-dtls --allow-loopback-peers --lt-cred-mech --realm bench --user alice:secret \
+  --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$P1" --min-port 40000 --max-port 44999 \
+  --relay-threads "$THREADS" --no-stdout-log --log-file /dev/null >/dev/null 2>&1 &
+PIDS+=($!)
+"$BIN" turn --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$P2" --realm bench --user alice:secret \
+  --allowed-peer-ip 127.0.0.1 --min-port 45000 --max-port 49999 --relay-threads "$THREADS" >/dev/null 2>/dev/null &
+PIDS+=($!)
+wait_udp "$P1"; wait_udp "$P2"
+
+echo "load: $CLIENTS clients (x2 with -y), $MSGS msgs each, $LEN bytes, every ${INTERVAL} ms, relay-threads=$THREADS ${TRANSPORT_FLAG[*]:-udp}"
+read -r C_RATE C_LOSS C_RTT C_SENT C_RECV < <(run_load "$P1")
+read -r S_RATE S_LOSS S_RTT S_SENT S_RECV < <(run_load "$P2")
+printf "%-12s %10s %8s %9s %9s %9s\n" server "msgs/s" "loss%" "rtt_ms" sent recv
+printf "%-12s %10s %8s %9s %9s %9s\n" coturn "$C_RATE" "$C_LOSS" "$C_RTT" "$C_SENT" "$C_RECV"
+printf "%-12s %10s %8s %9s %9s %9s\n" switchboard "$S_RATE" "$S_LOSS" "$S_RTT" "$S_SENT" "$S_RECV"
+python3 -c "import sys; c,s=float(sys.argv[1]),float(sys.argv[2]); print(f'ratio switchboard/coturn msgs/s: {s/c:.2f}' if c else 'ratio: n/a')" "$C_RATE" "$S_RATE"

@@ -1,0 +1,1268 @@
+//! The SFU engine: one task owning the media socket and every str0m `Rtc`.
+//!
+//! Flow: a datagram (or a command, or a timer) is fed to one client's `Rtc`; that client is then polled until
+//! `Timeout`; what it emits (new tracks, media frames, keyframe requests) is queued as [`Prop`]s and routed to
+//! the other clients of its room, which are in turn polled until `Timeout`. Nothing blocks: UDP sends use
+//! `try_send_to` (a full socket buffer drops the datagram, as a router would).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signal::{MediaSignal, MediaSink};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, trace, warn};
+
+/// How long the server waits for an answer to its offer before rolling it back and offering again.
+const PENDING_OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A participant that has not offered yet gets the server's first offer this long after joining.
+const FIRST_OFFER_DELAY: Duration = Duration::from_millis(1500);
+/// After failing to deliver an offer (signaling down), wait this long before trying again.
+const OFFER_RETRY: Duration = Duration::from_secs(2);
+/// At most one keyframe request per published track in this interval.
+const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// A WHIP/WHEP session whose media path is down this long (or never came up) is ended.
+const HTTP_SESSION_IDLE: Duration = Duration::from_secs(30);
+/// Longest sleep of the engine loop.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// Largest datagram read.
+const RECV_BUF: usize = 2048;
+/// Datagrams read in one go before timers run.
+const RECV_BATCH: usize = 64;
+
+pub(crate) type ClientId = u64;
+
+/// Who a client is.
+pub(crate) enum Role {
+    /// A participant of an `sfu` room, negotiating over the signaling WebSocket.
+    Participant(MediaSink),
+    /// A WHIP publisher (one offer/answer, no renegotiation).
+    Whip,
+    /// A WHEP viewer: its offered recvonly m-lines are fed from the room's published tracks.
+    Whep,
+}
+
+/// WHIP (publish) or WHEP (view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HttpKind {
+    Whip,
+    Whep,
+}
+
+impl HttpKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            HttpKind::Whip => "whip",
+            HttpKind::Whep => "whep",
+        }
+    }
+}
+
+/// Result of a WHIP/WHEP offer.
+#[derive(Debug)]
+pub(crate) struct HttpSession {
+    pub id: String,
+    pub answer: String,
+}
+
+/// Requests from the signaling hub and the HTTP endpoints.
+pub(crate) enum Command {
+    Join {
+        room: String,
+        participant: String,
+        can_publish: bool,
+        can_subscribe: bool,
+        sink: MediaSink,
+    },
+    Signal {
+        room: String,
+        participant: String,
+        msg: MediaSignal,
+    },
+    Leave {
+        room: String,
+        participant: String,
+    },
+    HttpOffer {
+        kind: HttpKind,
+        room: String,
+        offer: String,
+        reply: oneshot::Sender<Result<HttpSession, String>>,
+    },
+    HttpDelete {
+        kind: HttpKind,
+        room: String,
+        id: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A track a client publishes to the SFU.
+struct TrackIn {
+    mid: Mid,
+    kind: MediaKind,
+    last_keyframe_request: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    /// To be added in the next server offer.
+    ToOpen,
+    /// In an offer awaiting its answer.
+    Negotiating(Mid),
+    /// Negotiated: media flows on this mid.
+    Open(Mid),
+    /// The source is gone: stop the m-line in the next offer.
+    ToStop(Mid),
+    /// Stopped in an offer awaiting its answer.
+    NegotiatingStop(Mid),
+}
+
+/// A track forwarded to a client.
+struct TrackOut {
+    /// (publisher, publisher's mid); `None` for a WHEP slot not fed yet or a track whose source left while
+    /// being negotiated.
+    src: Option<(ClientId, Mid)>,
+    kind: MediaKind,
+    stream_id: String,
+    track_id: String,
+    state: OutState,
+    /// Simulcast layer forwarded (the first one seen, preferring `h`).
+    layer: Option<Rid>,
+}
+
+impl TrackOut {
+    fn open_mid(&self) -> Option<Mid> {
+        match self.state {
+            OutState::Open(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// What one client's output means for the others.
+// Not boxed: a boxed `MediaData` would be one allocation per forwarded frame.
+#[allow(clippy::large_enum_variant)]
+enum Prop {
+    /// The client publishes a new track.
+    TrackOpened(ClientId, Mid),
+    /// A published track ended (m-line inactive, or the client left).
+    TrackClosed(ClientId, Mid),
+    /// A media frame of a published track.
+    Media(ClientId, MediaData),
+    /// A subscriber wants a keyframe of (publisher, mid).
+    Keyframe(ClientId, Mid, KeyframeRequestKind),
+    /// A WHEP slot wants a source.
+    WhepSlot(ClientId),
+}
+
+struct Client {
+    id: ClientId,
+    room: String,
+    participant: String,
+    role: Role,
+    rtc: Rtc,
+    can_publish: bool,
+    can_subscribe: bool,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    pending: Option<(SdpPendingOffer, Instant)>,
+    negotiated: bool,
+    /// ICE+DTLS up and ICE not disconnected: media is written to it.
+    connected: bool,
+    /// DTLS completed once.
+    dtls_up: bool,
+    /// Since when the media path has been down (or not up yet).
+    down_since: Option<Instant>,
+    joined_at: Instant,
+    next_offer_at: Instant,
+    tracks_in: Vec<TrackIn>,
+    tracks_out: Vec<TrackOut>,
+    out_seq: u32,
+    timeout: Instant,
+    stats_in: HashMap<(Mid, Option<Rid>), u64>,
+    stats_out: HashMap<(Mid, Option<Rid>), u64>,
+    queued: bool,
+}
+
+impl Client {
+    fn sink(&self) -> Option<&MediaSink> {
+        match &self.role {
+            Role::Participant(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn wants_offer(&self, now: Instant) -> bool {
+        matches!(self.role, Role::Participant(_))
+            && self.rtc.is_alive()
+            && now >= self.next_offer_at
+            && (self.negotiated || now >= self.joined_at + FIRST_OFFER_DELAY)
+            && match &self.pending {
+                Some((_, at)) => now >= *at + PENDING_OFFER_TIMEOUT,
+                None => self
+                    .tracks_out
+                    .iter()
+                    .any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_))),
+            }
+    }
+
+    /// Forgets the pending offer (its changes were never applied).
+    fn rollback(&mut self) {
+        self.pending = None;
+        self.tracks_out.retain_mut(|t| match t.state {
+            OutState::Negotiating(_) => {
+                t.state = OutState::ToOpen;
+                t.src.is_some()
+            }
+            OutState::NegotiatingStop(m) => {
+                t.state = OutState::ToStop(m);
+                true
+            }
+            _ => true,
+        });
+    }
+
+    /// Sends a server offer when forwarded tracks were added or removed.
+    fn negotiate(&mut self, now: Instant) {
+        if !self.wants_offer(now) {
+            return;
+        }
+        if self.pending.is_some() {
+            debug!(participant = %self.participant, "no answer to the SFU's offer: offering again");
+            self.rollback();
+        }
+        let mut api = self.rtc.sdp_api();
+        for t in &mut self.tracks_out {
+            match t.state {
+                OutState::ToOpen => {
+                    let mid = api.add_media(
+                        t.kind,
+                        Direction::SendOnly,
+                        Some(t.stream_id.clone()),
+                        Some(t.track_id.clone()),
+                        None,
+                    );
+                    t.state = OutState::Negotiating(mid);
+                }
+                OutState::ToStop(m) => {
+                    api.stop_media(m);
+                    t.state = OutState::NegotiatingStop(m);
+                }
+                _ => {}
+            }
+        }
+        let Some((offer, pending)) = api.apply() else {
+            self.rollback();
+            return;
+        };
+        let sent = self
+            .sink()
+            .is_some_and(|s| s.send(MediaSignal::Offer(offer.to_sdp_string())));
+        if sent {
+            debug!(participant = %self.participant, "SFU offer sent");
+            self.pending = Some((pending, now));
+        } else {
+            debug!(participant = %self.participant, "participant not reachable: offer later");
+            self.pending = Some((pending, now));
+            self.rollback();
+            self.next_offer_at = now + OFFER_RETRY;
+        }
+    }
+
+    fn refresh_ufrag(&mut self, by_ufrag: &mut HashMap<String, ClientId>) {
+        let creds = self.rtc.direct_api().local_ice_credentials();
+        if creds.ufrag != self.ufrag {
+            by_ufrag.remove(&self.ufrag);
+            by_ufrag.insert(creds.ufrag.clone(), self.id);
+            self.ufrag = creds.ufrag;
+        }
+    }
+
+    fn on_event(&mut self, ev: Event, props: &mut VecDeque<Prop>) {
+        match ev {
+            Event::Connected => {
+                info!(room = %self.room, participant = %self.participant, "SFU media connected");
+                self.dtls_up = true;
+                self.set_connected(true, props);
+            }
+            Event::IceConnectionStateChange(s) => {
+                debug!(participant = %self.participant, state = ?s, "ICE state");
+                match s {
+                    IceConnectionState::Disconnected => self.set_connected(false, props),
+                    IceConnectionState::Connected | IceConnectionState::Completed
+                        if self.dtls_up =>
+                    {
+                        self.set_connected(true, props)
+                    }
+                    _ => {}
+                }
+            }
+            Event::MediaAdded(m) => {
+                if m.direction.is_receiving() {
+                    if !self.can_publish {
+                        warn!(participant = %self.participant, "offered media without the publish grant: ignored");
+                        return;
+                    }
+                    if self.tracks_in.iter().all(|t| t.mid != m.mid) {
+                        debug!(participant = %self.participant, mid = %m.mid, kind = ?m.kind, "track published");
+                        self.tracks_in.push(TrackIn {
+                            mid: m.mid,
+                            kind: m.kind,
+                            last_keyframe_request: None,
+                        });
+                        props.push_back(Prop::TrackOpened(self.id, m.mid));
+                    }
+                } else if m.direction.is_sending() && matches!(self.role, Role::Whep) {
+                    self.tracks_out.push(TrackOut {
+                        src: None,
+                        kind: m.kind,
+                        stream_id: String::new(),
+                        track_id: String::new(),
+                        state: OutState::Open(m.mid),
+                        layer: None,
+                    });
+                    props.push_back(Prop::WhepSlot(self.id));
+                }
+            }
+            Event::MediaChanged(m) => {
+                let had = self.tracks_in.iter().any(|t| t.mid == m.mid);
+                if had && !m.direction.is_receiving() {
+                    self.tracks_in.retain(|t| t.mid != m.mid);
+                    props.push_back(Prop::TrackClosed(self.id, m.mid));
+                } else if !had && m.direction.is_receiving() && self.can_publish {
+                    if let Some(kind) = self.rtc.media(m.mid).map(|x| x.kind()) {
+                        // A publisher's transceiver reused for new media.
+                        self.tracks_in.push(TrackIn {
+                            mid: m.mid,
+                            kind,
+                            last_keyframe_request: None,
+                        });
+                        props.push_back(Prop::TrackOpened(self.id, m.mid));
+                    }
+                }
+            }
+            Event::MediaData(d) => {
+                if !d.contiguous {
+                    self.request_keyframe(d.mid, d.rid, KeyframeRequestKind::Pli, Instant::now());
+                }
+                if self.tracks_in.iter().any(|t| t.mid == d.mid) {
+                    props.push_back(Prop::Media(self.id, d));
+                }
+            }
+            Event::KeyframeRequest(req) => {
+                if let Some((p, m)) = self
+                    .tracks_out
+                    .iter()
+                    .find(|t| t.open_mid() == Some(req.mid))
+                    .and_then(|t| t.src)
+                {
+                    props.push_back(Prop::Keyframe(p, m, req.kind));
+                }
+            }
+            Event::MediaIngressStats(s) => {
+                let last = self.stats_in.entry((s.mid, s.rid)).or_insert(0);
+                let delta = s.packets.saturating_sub(*last);
+                *last = s.packets;
+                let kind = self.rtc.media(s.mid).map(|m| m.kind());
+                metrics::counter!("sfu_rtp_packets_in_total", "kind" => kind_label(kind))
+                    .increment(delta);
+            }
+            Event::MediaEgressStats(s) => {
+                let last = self.stats_out.entry((s.mid, s.rid)).or_insert(0);
+                let delta = s.packets.saturating_sub(*last);
+                *last = s.packets;
+                let kind = self.rtc.media(s.mid).map(|m| m.kind());
+                metrics::counter!("sfu_rtp_packets_out_total", "kind" => kind_label(kind))
+                    .increment(delta);
+            }
+            _ => {}
+        }
+    }
+
+    fn set_connected(&mut self, up: bool, props: &mut VecDeque<Prop>) {
+        if up == self.connected {
+            return;
+        }
+        self.connected = up;
+        if !up {
+            self.down_since = Some(Instant::now());
+            return;
+        }
+        self.down_since = None;
+        // Decoding starts at a keyframe: ask the publishers of everything this client receives.
+        for t in &self.tracks_out {
+            if let (Some((p, m)), Some(_)) = (t.src, t.open_mid()) {
+                props.push_back(Prop::Keyframe(p, m, KeyframeRequestKind::Pli));
+            }
+        }
+    }
+
+    fn request_keyframe(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
+        now: Instant,
+    ) {
+        let Some(t) = self.tracks_in.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        if t.kind != MediaKind::Video {
+            return;
+        }
+        if t.last_keyframe_request
+            .is_some_and(|at| now < at + KEYFRAME_THROTTLE)
+        {
+            return;
+        }
+        t.last_keyframe_request = Some(now);
+        let Some(mut w) = self.rtc.writer(mid) else {
+            return;
+        };
+        if let Err(e) = w.request_keyframe(rid, kind) {
+            trace!(participant = %self.participant, %mid, "keyframe request not possible: {e}");
+        }
+    }
+}
+
+fn kind_label(kind: Option<MediaKind>) -> &'static str {
+    match kind {
+        Some(MediaKind::Audio) => "audio",
+        Some(MediaKind::Video) => "video",
+        None => "unknown",
+    }
+}
+
+/// A valid msid id (1 to 64 token characters, RFC 8830).
+fn valid_msid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s != "-"
+        && s.bytes().all(|b| {
+            matches!(b, 0x21 | 0x23..=0x27 | 0x2A..=0x2B | 0x2D..=0x2E | 0x30..=0x39 | 0x41..=0x5A | 0x5E..=0x7D)
+        })
+}
+
+fn random_hex(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+pub(crate) struct Engine {
+    socket: Arc<UdpSocket>,
+    /// Destination of received datagrams, as str0m knows our candidates.
+    destination: SocketAddr,
+    candidates: Vec<Candidate>,
+    rx: Option<mpsc::UnboundedReceiver<Command>>,
+    clients: HashMap<ClientId, Client>,
+    next_id: ClientId,
+    by_addr: HashMap<SocketAddr, ClientId>,
+    by_ufrag: HashMap<String, ClientId>,
+    /// (room, participant id) → client.
+    by_participant: HashMap<(String, String), ClientId>,
+    /// Participants of `sfu` rooms (kept while their `Rtc` is recreated).
+    members: HashMap<(String, String), (bool, bool, MediaSink)>,
+    rooms: HashMap<String, Vec<ClientId>>,
+    props: VecDeque<Prop>,
+    dirty: Vec<ClientId>,
+    dead: Vec<ClientId>,
+    scratch: Vec<ClientId>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        socket: UdpSocket,
+        local: SocketAddr,
+        public: Vec<SocketAddr>,
+        rx: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<Engine, String> {
+        let mut candidates = Vec::new();
+        for a in &public {
+            candidates.push(
+                Candidate::host(*a, "udp").map_err(|e| format!("bad host candidate {a}: {e}"))?,
+            );
+        }
+        let destination = if public.contains(&local) {
+            local
+        } else {
+            public.first().copied().unwrap_or(local)
+        };
+        Ok(Engine {
+            socket: Arc::new(socket),
+            destination,
+            candidates,
+            rx: Some(rx),
+            clients: HashMap::new(),
+            next_id: 1,
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_participant: HashMap::new(),
+            members: HashMap::new(),
+            rooms: HashMap::new(),
+            props: VecDeque::new(),
+            dirty: Vec::new(),
+            dead: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    pub(crate) async fn run(mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let socket = self.socket.clone();
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let now = Instant::now();
+            let next = self
+                .clients
+                .values()
+                .map(|c| c.timeout)
+                .min()
+                .unwrap_or(now + MAX_SLEEP)
+                .min(now + MAX_SLEEP)
+                .max(now + Duration::from_millis(1));
+            enum Wake {
+                Udp(std::io::Result<(usize, SocketAddr)>),
+                Cmd(Option<Command>),
+                Timer,
+            }
+            let wake = tokio::select! {
+                r = socket.recv_from(&mut buf) => Wake::Udp(r),
+                c = rx.recv() => Wake::Cmd(c),
+                _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
+            };
+            match wake {
+                Wake::Udp(Ok((n, src))) => {
+                    self.on_datagram(&buf[..n], src, Instant::now());
+                    self.drain();
+                    for _ in 1..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, src)) => {
+                                self.on_datagram(&buf[..n], src, Instant::now());
+                                self.drain();
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Udp(Err(e)) => debug!("SFU socket receive error: {e}"),
+                Wake::Cmd(Some(c)) => self.on_command(c, Instant::now()),
+                Wake::Cmd(None) => {
+                    info!("SFU engine stopping");
+                    return;
+                }
+                Wake::Timer => {}
+            }
+            self.on_timers(Instant::now());
+            self.drain();
+        }
+    }
+
+    fn mark(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            if !c.queued {
+                c.queued = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.scratch);
+        due.clear();
+        due.extend(
+            self.clients
+                .values()
+                .filter(|c| c.timeout <= now || c.wants_offer(now))
+                .map(|c| c.id),
+        );
+        for &id in &due {
+            if let Some(c) = self.clients.get_mut(&id) {
+                let http = !matches!(c.role, Role::Participant(_));
+                if http && c.down_since.is_some_and(|t| now >= t + HTTP_SESSION_IDLE) {
+                    info!(room = %c.room, participant = %c.participant, "media path down: ending the session");
+                    c.rtc.disconnect();
+                }
+                if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+                    warn!(participant = %c.participant, "SFU peer failed: {e}");
+                    c.rtc.disconnect();
+                }
+            }
+            self.mark(id);
+        }
+        self.scratch = due;
+    }
+
+    fn on_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
+        let Ok(contents) = DatagramRecv::try_from(data) else {
+            trace!(%source, "not a WebRTC datagram");
+            return;
+        };
+        let stun_ufrag = crate::stun::stun_local_ufrag(data);
+        let known = match stun_ufrag {
+            Some(u) => self.by_ufrag.get(u).copied(),
+            None => self.by_addr.get(&source).copied(),
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.destination,
+                contents,
+            },
+        );
+        // O(1) routing: STUN by our ufrag, everything else by the address its STUN came from. Datagrams
+        // from unknown addresses are dropped without looking at every client.
+        let Some(id) = known else {
+            trace!(%source, "datagram for no client");
+            return;
+        };
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if stun_ufrag.is_some() && self.by_addr.get(&source) != Some(&id) && c.rtc.accepts(&input) {
+            if let Some(old) = self.by_addr.insert(source, id) {
+                if let Some(o) = self.clients.get_mut(&old) {
+                    o.addrs.retain(|a| *a != source);
+                }
+            }
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.addrs.push(source);
+            }
+        }
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = c.rtc.handle_input(input) {
+            warn!(participant = %c.participant, "SFU peer failed: {e}");
+            c.rtc.disconnect();
+        }
+        self.mark(id);
+    }
+
+    /// Polls every marked client until `Timeout`, routing what they emit, until nothing is left.
+    fn drain(&mut self) {
+        loop {
+            // Route everything first, so that tracks opened together are offered together.
+            while let Some(p) = self.props.pop_front() {
+                self.route(p);
+            }
+            if self.dirty.is_empty() {
+                break;
+            }
+            while let Some(id) = self.dirty.pop() {
+                self.poll(id);
+            }
+        }
+        while let Some(id) = self.dead.pop() {
+            if let Some(c) = self.clients.get(&id) {
+                info!(room = %c.room, participant = %c.participant, "SFU peer closed");
+            }
+            self.remove_client(id);
+        }
+    }
+
+    fn poll(&mut self, id: ClientId) {
+        let now = Instant::now();
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        c.queued = false;
+        c.negotiate(now);
+        loop {
+            if !c.rtc.is_alive() {
+                c.timeout = now;
+                self.dead.push(id);
+                return;
+            }
+            match c.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    c.timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => {
+                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                        trace!(dest = %t.destination, "SFU send dropped: {e}");
+                    }
+                }
+                Ok(Output::Event(ev)) => c.on_event(ev, &mut self.props),
+                Err(e) => {
+                    warn!(participant = %c.participant, "SFU peer failed: {e}");
+                    c.rtc.disconnect();
+                }
+            }
+        }
+    }
+
+    fn room_members(&mut self, room: &str) {
+        self.scratch.clear();
+        if let Some(m) = self.rooms.get(room) {
+            self.scratch.extend_from_slice(m);
+        }
+    }
+
+    fn route(&mut self, p: Prop) {
+        match p {
+            Prop::Media(from, data) => self.forward(from, &data),
+            Prop::TrackOpened(from, mid) => self.track_opened(from, mid),
+            Prop::TrackClosed(from, mid) => {
+                let Some(room) = self.clients.get(&from).map(|c| c.room.clone()) else {
+                    return;
+                };
+                self.track_closed(&room, from, mid);
+            }
+            Prop::Keyframe(publisher, mid, kind) => {
+                if let Some(c) = self.clients.get_mut(&publisher) {
+                    c.request_keyframe(mid, None, kind, Instant::now());
+                    self.mark(publisher);
+                }
+            }
+            Prop::WhepSlot(viewer) => self.feed_whep(viewer),
+        }
+    }
+
+    /// The hot path: one frame from `from` to every subscriber of that track.
+    fn forward(&mut self, from: ClientId, data: &MediaData) {
+        let Some(room) = self.clients.get(&from).map(|c| &c.room) else {
+            return;
+        };
+        self.scratch.clear();
+        if let Some(m) = self.rooms.get(room.as_str()) {
+            self.scratch.extend_from_slice(m);
+        }
+        for i in 0..self.scratch.len() {
+            let sid = self.scratch[i];
+            if sid == from {
+                continue;
+            }
+            let Some(s) = self.clients.get_mut(&sid) else {
+                continue;
+            };
+            if !s.connected {
+                continue;
+            }
+            let mut wrote = false;
+            for t in &mut s.tracks_out {
+                if t.src != Some((from, data.mid)) {
+                    continue;
+                }
+                let Some(mid) = t.open_mid() else {
+                    continue;
+                };
+                if data.rid.is_some() {
+                    // Simulcast: forward one layer, `h` when it exists, else the first seen.
+                    if t.layer.is_none()
+                        || (data.rid.as_deref() == Some("h") && t.layer != data.rid)
+                    {
+                        t.layer = data.rid;
+                    }
+                    if t.layer != data.rid {
+                        continue;
+                    }
+                }
+                let Some(w) = s.rtc.writer(mid) else {
+                    continue;
+                };
+                let Some(pt) = w.match_params(data.params) else {
+                    trace!(participant = %s.participant, "no matching codec for a forwarded frame");
+                    continue;
+                };
+                if let Err(e) = w.write(pt, data.network_time, data.time, data.data.clone()) {
+                    debug!(participant = %s.participant, "forward failed: {e}");
+                }
+                wrote = true;
+            }
+            if wrote && !s.queued {
+                s.queued = true;
+                self.dirty.push(sid);
+            }
+        }
+    }
+
+    fn track_opened(&mut self, from: ClientId, mid: Mid) {
+        let Some(pubc) = self.clients.get(&from) else {
+            return;
+        };
+        let Some(kind) = pubc.tracks_in.iter().find(|t| t.mid == mid).map(|t| t.kind) else {
+            return;
+        };
+        let stream = pubc
+            .rtc
+            .media(mid)
+            .map(|m| m.stream_id().to_owned())
+            .unwrap_or_default();
+        let stream_id = if valid_msid(&stream) {
+            stream
+        } else {
+            pubc.participant.clone()
+        };
+        let publisher = pubc.participant.clone();
+        let room = pubc.room.clone();
+        self.room_members(&room);
+        let members = std::mem::take(&mut self.scratch);
+        for &sid in &members {
+            if sid == from {
+                continue;
+            }
+            let Some(s) = self.clients.get_mut(&sid) else {
+                continue;
+            };
+            match s.role {
+                Role::Participant(_) if s.can_subscribe => {
+                    s.out_seq += 1;
+                    s.tracks_out.push(TrackOut {
+                        src: Some((from, mid)),
+                        kind,
+                        stream_id: stream_id.clone(),
+                        track_id: format!("{publisher}.{}", s.out_seq),
+                        state: OutState::ToOpen,
+                        layer: None,
+                    });
+                    self.mark(sid);
+                }
+                Role::Whep => self.feed_whep(sid),
+                _ => {}
+            }
+        }
+        self.scratch = members;
+    }
+
+    fn track_closed(&mut self, room: &str, from: ClientId, mid: Mid) {
+        self.room_members(room);
+        let members = std::mem::take(&mut self.scratch);
+        for &sid in &members {
+            let Some(s) = self.clients.get_mut(&sid) else {
+                continue;
+            };
+            let whep = matches!(s.role, Role::Whep);
+            s.tracks_out.retain_mut(|t| {
+                if t.src != Some((from, mid)) {
+                    return true;
+                }
+                if whep {
+                    t.src = None;
+                    return true;
+                }
+                match t.state {
+                    OutState::ToOpen => false,
+                    OutState::Open(m) => {
+                        t.state = OutState::ToStop(m);
+                        true
+                    }
+                    _ => {
+                        // Negotiating: stopped once the answer is in.
+                        t.src = None;
+                        true
+                    }
+                }
+            });
+            if whep {
+                self.feed_whep(sid);
+            }
+            self.mark(sid);
+        }
+        self.scratch = members;
+    }
+
+    /// Binds a WHEP viewer's unfed m-lines to published tracks of the room (the newest publisher first).
+    fn feed_whep(&mut self, viewer: ClientId) {
+        let Some(room) = self.clients.get(&viewer).map(|v| v.room.clone()) else {
+            return;
+        };
+        self.room_members(&room);
+        let Some(v) = self.clients.get(&viewer) else {
+            return;
+        };
+        let mut picks: Vec<(usize, ClientId, Mid)> = Vec::new();
+        let mut used: Vec<(ClientId, Mid)> = v.tracks_out.iter().filter_map(|t| t.src).collect();
+        for (i, t) in v.tracks_out.iter().enumerate() {
+            if t.src.is_some() {
+                continue;
+            }
+            let found = self
+                .scratch
+                .iter()
+                .rev()
+                .filter(|&&p| p != viewer)
+                .find_map(|p| {
+                    let pc = self.clients.get(p)?;
+                    let ti = pc
+                        .tracks_in
+                        .iter()
+                        .find(|ti| ti.kind == t.kind && !used.contains(&(*p, ti.mid)))?;
+                    Some((*p, ti.mid))
+                });
+            if let Some((p, m)) = found {
+                used.push((p, m));
+                picks.push((i, p, m));
+            }
+        }
+        for (i, p, m) in picks {
+            if let Some(v) = self.clients.get_mut(&viewer) {
+                if let Some(t) = v.tracks_out.get_mut(i) {
+                    t.src = Some((p, m));
+                    t.layer = None;
+                }
+            }
+            self.props
+                .push_back(Prop::Keyframe(p, m, KeyframeRequestKind::Pli));
+        }
+    }
+
+    fn new_client(
+        &mut self,
+        room: &str,
+        participant: &str,
+        role: Role,
+        can_publish: bool,
+        can_subscribe: bool,
+    ) -> ClientId {
+        let now = Instant::now();
+        let ufrag = random_hex(8);
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass: random_hex(16),
+            })
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
+        for c in &self.candidates {
+            rtc.add_local_candidate(c.clone());
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.by_participant
+            .insert((room.to_owned(), participant.to_owned()), id);
+        let members = self.rooms.entry(room.to_owned()).or_default();
+        members.push(id);
+        let mut client = Client {
+            id,
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            role,
+            rtc,
+            can_publish,
+            can_subscribe,
+            ufrag,
+            addrs: Vec::new(),
+            pending: None,
+            negotiated: false,
+            connected: false,
+            dtls_up: false,
+            down_since: Some(now),
+            joined_at: now,
+            next_offer_at: now,
+            tracks_in: Vec::new(),
+            tracks_out: Vec::new(),
+            out_seq: 0,
+            timeout: now,
+            stats_in: HashMap::new(),
+            stats_out: HashMap::new(),
+            queued: false,
+        };
+        // Subscribe to what the room already publishes.
+        if matches!(client.role, Role::Participant(_)) && can_subscribe {
+            for &pid in members.iter() {
+                let Some(p) = self.clients.get(&pid) else {
+                    continue;
+                };
+                for t in &p.tracks_in {
+                    let stream = p
+                        .rtc
+                        .media(t.mid)
+                        .map(|m| m.stream_id().to_owned())
+                        .unwrap_or_default();
+                    client.out_seq += 1;
+                    client.tracks_out.push(TrackOut {
+                        src: Some((pid, t.mid)),
+                        kind: t.kind,
+                        stream_id: if valid_msid(&stream) {
+                            stream
+                        } else {
+                            p.participant.clone()
+                        },
+                        track_id: format!("{}.{}", p.participant, client.out_seq),
+                        state: OutState::ToOpen,
+                        layer: None,
+                    });
+                }
+            }
+        }
+        self.clients.insert(id, client);
+        metrics::gauge!("sfu_participants").set(self.clients.len() as f64);
+        self.mark(id);
+        id
+    }
+
+    fn remove_client(&mut self, id: ClientId) {
+        let Some(mut c) = self.clients.remove(&id) else {
+            return;
+        };
+        c.rtc.disconnect();
+        metrics::gauge!("sfu_participants").set(self.clients.len() as f64);
+        for a in &c.addrs {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
+        }
+        if self.by_ufrag.get(&c.ufrag) == Some(&id) {
+            self.by_ufrag.remove(&c.ufrag);
+        }
+        let key = (c.room.clone(), c.participant.clone());
+        if self.by_participant.get(&key) == Some(&id) {
+            self.by_participant.remove(&key);
+        }
+        if let Some(m) = self.rooms.get_mut(&c.room) {
+            m.retain(|x| *x != id);
+            if m.is_empty() {
+                self.rooms.remove(&c.room);
+            }
+        }
+        for t in &c.tracks_in {
+            self.track_closed(&c.room, id, t.mid);
+        }
+        debug!(room = %c.room, participant = %c.participant, "SFU client removed");
+    }
+
+    fn on_command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::Join {
+                room,
+                participant,
+                can_publish,
+                can_subscribe,
+                sink,
+            } => {
+                info!(%room, %participant, "SFU participant joined");
+                let key = (room.clone(), participant.clone());
+                if let Some(old) = self.by_participant.get(&key).copied() {
+                    self.remove_client(old);
+                }
+                self.members
+                    .insert(key, (can_publish, can_subscribe, sink.clone()));
+                self.new_client(
+                    &room,
+                    &participant,
+                    Role::Participant(sink),
+                    can_publish,
+                    can_subscribe,
+                );
+            }
+            Command::Leave { room, participant } => {
+                info!(%room, %participant, "SFU participant left");
+                let key = (room, participant);
+                self.members.remove(&key);
+                if let Some(id) = self.by_participant.get(&key).copied() {
+                    self.remove_client(id);
+                }
+            }
+            Command::Signal {
+                room,
+                participant,
+                msg,
+            } => self.on_signal(room, participant, msg, now),
+            Command::HttpOffer {
+                kind,
+                room,
+                offer,
+                reply,
+            } => {
+                let r = self.http_offer(kind, &room, &offer);
+                let _ = reply.send(r);
+            }
+            Command::HttpDelete {
+                kind,
+                room,
+                id,
+                reply,
+            } => {
+                let pid = format!("{}_{id}", kind.prefix());
+                let found = self.by_participant.get(&(room, pid)).copied();
+                if let Some(cid) = found {
+                    self.remove_client(cid);
+                }
+                let _ = reply.send(found.is_some());
+            }
+        }
+        self.drain();
+    }
+
+    fn on_signal(&mut self, room: String, participant: String, msg: MediaSignal, now: Instant) {
+        let key = (room, participant);
+        let id = match self.by_participant.get(&key).copied() {
+            Some(id) => id,
+            None => {
+                // Its Rtc closed (failed DTLS, timeout): a new offer starts a new one.
+                let Some((can_publish, can_subscribe, sink)) = self.members.get(&key).cloned()
+                else {
+                    debug!(room = %key.0, participant = %key.1, "SFU signal from a participant not in an sfu room");
+                    return;
+                };
+                if !matches!(msg, MediaSignal::Offer(_)) {
+                    return;
+                }
+                self.new_client(
+                    &key.0,
+                    &key.1,
+                    Role::Participant(sink),
+                    can_publish,
+                    can_subscribe,
+                )
+            }
+        };
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        match msg {
+            MediaSignal::Offer(sdp) => {
+                let offer = match SdpOffer::from_sdp_string(&sdp) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        warn!(participant = %c.participant, "bad SDP offer: {e}");
+                        return;
+                    }
+                };
+                if c.pending.is_some() {
+                    // Glare: the SFU is the polite side (its id "sfu" sorts after "p_…"): roll back.
+                    c.rollback();
+                }
+                match c.rtc.sdp_api().accept_offer(offer) {
+                    Ok(answer) => {
+                        c.negotiated = true;
+                        c.refresh_ufrag(&mut self.by_ufrag);
+                        let sent = c
+                            .sink()
+                            .is_some_and(|s| s.send(MediaSignal::Answer(answer.to_sdp_string())));
+                        debug!(participant = %c.participant, sent, "SFU answer");
+                    }
+                    Err(e) => warn!(participant = %c.participant, "cannot accept offer: {e}"),
+                }
+            }
+            MediaSignal::Answer(sdp) => {
+                let Some((pending, _)) = c.pending.take() else {
+                    debug!(participant = %c.participant, "answer without an SFU offer: ignored");
+                    return;
+                };
+                let answer = match SdpAnswer::from_sdp_string(&sdp) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(participant = %c.participant, "bad SDP answer: {e}");
+                        c.pending = Some((pending, now));
+                        c.rollback();
+                        return;
+                    }
+                };
+                match c.rtc.sdp_api().accept_answer(pending, answer) {
+                    Ok(()) => {
+                        c.negotiated = true;
+                        let mut opened = Vec::new();
+                        c.tracks_out.retain_mut(|t| match t.state {
+                            OutState::Negotiating(m) => {
+                                if let Some(src) = t.src {
+                                    t.state = OutState::Open(m);
+                                    opened.push(src);
+                                } else {
+                                    t.state = OutState::ToStop(m);
+                                }
+                                true
+                            }
+                            OutState::NegotiatingStop(_) => false,
+                            _ => true,
+                        });
+                        c.refresh_ufrag(&mut self.by_ufrag);
+                        if c.connected {
+                            for (p, m) in opened {
+                                self.props.push_back(Prop::Keyframe(
+                                    p,
+                                    m,
+                                    KeyframeRequestKind::Pli,
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(participant = %c.participant, "cannot accept answer: {e}");
+                        c.rollback();
+                    }
+                }
+            }
+            MediaSignal::Candidate(v) => {
+                let Some(s) = v.get("candidate").and_then(|s| s.as_str()) else {
+                    return; // end-of-candidates
+                };
+                let s = s.trim();
+                if s.is_empty() {
+                    return;
+                }
+                match Candidate::from_sdp_string(s) {
+                    Ok(cand) => c.rtc.add_remote_candidate(cand),
+                    Err(e) => debug!(participant = %c.participant, "ignoring candidate {s:?}: {e}"),
+                }
+            }
+        }
+        self.mark(id);
+    }
+
+    fn http_offer(
+        &mut self,
+        kind: HttpKind,
+        room: &str,
+        offer: &str,
+    ) -> Result<HttpSession, String> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| format!("bad SDP offer: {e}"))?;
+        let rid = random_hex(8);
+        let pid = format!("{}_{rid}", kind.prefix());
+        let (role, publish) = match kind {
+            HttpKind::Whip => (Role::Whip, true),
+            HttpKind::Whep => (Role::Whep, false),
+        };
+        let id = self.new_client(room, &pid, role, publish, !publish);
+        let Some(c) = self.clients.get_mut(&id) else {
+            return Err("client vanished".into());
+        };
+        match c.rtc.sdp_api().accept_offer(offer) {
+            Ok(answer) => {
+                c.negotiated = true;
+                c.refresh_ufrag(&mut self.by_ufrag);
+                info!(%room, participant = %pid, "{} session started", kind.prefix());
+                Ok(HttpSession {
+                    id: rid,
+                    answer: answer.to_sdp_string(),
+                })
+            }
+            Err(e) => {
+                self.remove_client(id);
+                Err(format!("cannot accept offer: {e}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msid_validation() {
+        assert!(valid_msid("1b2c3d4e-aaaa-bbbb-cccc-0123456789ab"));
+        assert!(valid_msid("{abc}"));
+        assert!(!valid_msid(""));
+        assert!(!valid_msid("-"));
+        assert!(!valid_msid("a b"));
+        assert!(!valid_msid(&"x".repeat(65)));
+    }
+}

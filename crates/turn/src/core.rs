@@ -1,0 +1,1507 @@
+//! Sans-IO TURN server core: allocations keyed by 5-tuple, permissions, channels, nonces,
+//! long-term authentication, quotas and peer policy. Bytes and time in, bytes and actions out.
+//!
+//! The core never touches a socket. Relay sockets are created through a `bind` callback that returns an
+//! opaque handle `R`, which the core stores in the allocation and hands back when data must leave through
+//! that relay.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use metrics::{Counter, Gauge};
+use sha1::Sha1;
+use stun::{
+    attr_type, long_term_key, AddressFamily, ChannelData, Class, Message, MessageRef, MessageType,
+    MessageWriter, Method, StunError, TransactionId, CHANNEL_MAX_ACCEPTED, CHANNEL_MIN,
+};
+use tracing::{debug, info};
+
+use crate::policy::PeerPolicy;
+
+/// Value of SOFTWARE in our responses.
+pub const SOFTWARE: &str = "Switchboard TURN";
+/// REQUESTED-TRANSPORT value for UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Transport between client and server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+/// Client address, server address and transport: the key of an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Allocation identifier (stable for the life of the allocation).
+pub type AllocId = u64;
+
+/// Core settings (already validated and resolved by the driver).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub realm: String,
+    /// Static users: name → long-term key.
+    pub users: HashMap<String, [u8; 16]>,
+    /// TURN REST shared secret.
+    pub auth_secret: Option<String>,
+    pub policy: PeerPolicy,
+    pub relay_v4: Option<IpAddr>,
+    pub relay_v6: Option<IpAddr>,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub user_quota: u32,
+    pub total_quota: u32,
+    /// Per-allocation bandwidth cap in bytes/s (0 = none).
+    pub max_bps: u64,
+    pub nonce_lifetime: Duration,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            realm: "switchboard".into(),
+            users: HashMap::new(),
+            auth_secret: None,
+            policy: PeerPolicy::default(),
+            relay_v4: Some(IpAddr::from([127, 0, 0, 1])),
+            relay_v6: None,
+            min_port: 49152,
+            max_port: 65535,
+            user_quota: 0,
+            total_quota: 0,
+            max_bps: 0,
+            nonce_lifetime: Duration::from_secs(600),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Add a static user (`name:password`).
+    pub fn add_user(&mut self, spec: &str) -> Result<(), String> {
+        let (name, pass) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("user {spec:?} is not name:password"))?;
+        if name.is_empty() {
+            return Err(format!("user {spec:?} has an empty name"));
+        }
+        let key = long_term_key(name, &self.realm, pass);
+        self.users.insert(name.to_string(), key);
+        Ok(())
+    }
+}
+
+/// What the driver must do after [`Core::handle_client`]. When a variant says "reply", the response to
+/// send back to the client on the same 5-tuple is in the `out` buffer.
+#[derive(Debug)]
+pub enum Output<'a, R> {
+    /// Nothing to send (dropped or consumed).
+    None,
+    /// Send `out` to the client.
+    Reply,
+    /// Send `out` to the client and start relaying for the new allocation.
+    Created { id: AllocId, relay: R },
+    /// Send `out` to the client; the allocation is gone, stop its relay.
+    Released { id: AllocId, relay: R },
+    /// Send `data` from the allocation's relay to `peer`.
+    ToPeer {
+        relay: R,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn allow(&mut self, rate: u64, n: usize, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let rate = rate as f64;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Allocation<R> {
+    id: AllocId,
+    ft: FiveTuple,
+    relay_addr: SocketAddr,
+    relay: R,
+    username: String,
+    alloc_tid: TransactionId,
+    lifetime: u32,
+    expires: Instant,
+    perms: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, (SocketAddr, Instant)>,
+    peer_channels: HashMap<SocketAddr, u16>,
+    bucket: Bucket,
+}
+
+impl<R> Allocation<R> {
+    fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
+        self.perms.get(&ip).is_some_and(|exp| *exp > now)
+    }
+}
+
+struct PortPool {
+    min: u16,
+    used: Vec<bool>,
+    next: usize,
+}
+
+impl PortPool {
+    fn new(min: u16, max: u16) -> Self {
+        let n = usize::from(max.saturating_sub(min)) + 1;
+        PortPool {
+            min,
+            used: vec![false; n],
+            next: rand::random::<u32>() as usize % n,
+        }
+    }
+    fn take(&mut self, even: bool) -> Option<u16> {
+        let n = self.used.len();
+        for i in 0..n {
+            let idx = (self.next + i) % n;
+            let port = self.min as usize + idx;
+            if !self.used[idx] && (!even || port & 1 == 0) {
+                self.used[idx] = true;
+                self.next = (idx + 1) % n;
+                return u16::try_from(port).ok();
+            }
+        }
+        None
+    }
+    /// An even port whose successor is also free (EVEN-PORT with the R bit).
+    fn take_pair(&mut self) -> Option<u16> {
+        let n = self.used.len();
+        for i in 0..n {
+            let idx = (self.next + i) % n;
+            let port = self.min as usize + idx;
+            if port & 1 == 0 && idx + 1 < n && !self.used[idx] && !self.used[idx + 1] {
+                self.used[idx] = true;
+                self.used[idx + 1] = true;
+                self.next = (idx + 2) % n;
+                return u16::try_from(port).ok();
+            }
+        }
+        None
+    }
+    fn release(&mut self, port: u16) {
+        if let Some(slot) = port
+            .checked_sub(self.min)
+            .and_then(|i| self.used.get_mut(usize::from(i)))
+        {
+            *slot = false;
+        }
+    }
+}
+
+struct Metrics {
+    active: Gauge,
+    client_to_peer: Counter,
+    peer_to_client: Counter,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        Metrics {
+            active: metrics::gauge!("turn_allocations_active"),
+            client_to_peer: metrics::counter!("turn_relayed_bytes_total", "direction" => "client_to_peer"),
+            peer_to_client: metrics::counter!("turn_relayed_bytes_total", "direction" => "peer_to_client"),
+        }
+    }
+}
+
+fn dropped(reason: &'static str) {
+    metrics::counter!("turn_dropped_packets_total", "reason" => reason).increment(1);
+}
+
+fn auth_failure(reason: &'static str) {
+    metrics::counter!("turn_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// A relay port held for a later Allocate carrying RESERVATION-TOKEN.
+struct Reservation<R> {
+    addr: SocketAddr,
+    relay: R,
+    expires: Instant,
+}
+
+/// How long a RESERVATION-TOKEN stays valid (RFC 8656 suggests about 30 s).
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Why authentication did not succeed (the error response is already in `out`).
+struct Rejected;
+
+/// The sans-IO server state.
+pub struct Core<R> {
+    cfg: CoreConfig,
+    epoch: Instant,
+    wall_epoch: SystemTime,
+    nonce_secret: [u8; 32],
+    allocs: HashMap<AllocId, Allocation<R>>,
+    by_ft: HashMap<FiveTuple, AllocId>,
+    per_user: HashMap<String, u32>,
+    reservations: HashMap<[u8; 8], Reservation<R>>,
+    ports: PortPool,
+    next_id: AllocId,
+    metrics: Metrics,
+}
+
+const KNOWN_REQUEST_ATTRS: &[u16] = &[
+    attr_type::USERNAME,
+    attr_type::REALM,
+    attr_type::NONCE,
+    attr_type::MESSAGE_INTEGRITY,
+    attr_type::MESSAGE_INTEGRITY_SHA256,
+    attr_type::ERROR_CODE,
+    attr_type::LIFETIME,
+    attr_type::XOR_PEER_ADDRESS,
+    attr_type::DATA,
+    attr_type::CHANNEL_NUMBER,
+    attr_type::REQUESTED_TRANSPORT,
+    attr_type::EVEN_PORT,
+    attr_type::RESERVATION_TOKEN,
+    attr_type::REQUESTED_ADDRESS_FAMILY,
+    attr_type::PASSWORD_ALGORITHM,
+    attr_type::USERHASH,
+    attr_type::XOR_MAPPED_ADDRESS,
+    attr_type::MAPPED_ADDRESS,
+    // RFC 6062 CONNECTION-ID and coturn's ORIGIN-like extensions are not understood on purpose.
+];
+
+type HmacSha1 = Hmac<Sha1>;
+
+fn family_of(a: &SocketAddr) -> AddressFamily {
+    AddressFamily::of(&a.ip())
+}
+
+impl<R: Clone> Core<R> {
+    pub fn new(cfg: CoreConfig, now: Instant) -> Self {
+        let ports = PortPool::new(cfg.min_port, cfg.max_port);
+        Core {
+            cfg,
+            epoch: now,
+            wall_epoch: SystemTime::now(),
+            nonce_secret: rand::random(),
+            allocs: HashMap::new(),
+            by_ft: HashMap::new(),
+            per_user: HashMap::new(),
+            reservations: HashMap::new(),
+            ports,
+            next_id: 1,
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Override the wall clock corresponding to `now` given at construction (REST expiry checks).
+    pub fn set_wall_epoch(&mut self, wall: SystemTime) {
+        self.wall_epoch = wall;
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.allocs.len()
+    }
+
+    /// Relayed address of the allocation on `ft`, if any.
+    pub fn relay_addr(&self, ft: &FiveTuple) -> Option<SocketAddr> {
+        self.by_ft
+            .get(ft)
+            .and_then(|id| self.allocs.get(id))
+            .map(|a| a.relay_addr)
+    }
+
+    /// The 5-tuple of an allocation.
+    pub fn five_tuple(&self, id: AllocId) -> Option<FiveTuple> {
+        self.allocs.get(&id).map(|a| a.ft)
+    }
+
+    /// Handle one datagram / stream frame from a client. `out` is cleared and receives any response.
+    pub fn handle_client<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        data: &'a [u8],
+        out: &mut Vec<u8>,
+        bind: &mut dyn FnMut(SocketAddr) -> io::Result<R>,
+    ) -> Output<'a, R> {
+        out.clear();
+        if ChannelData::is_channel_data(data) {
+            return self.client_channel_data(now, ft, data);
+        }
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(_) => {
+                dropped("malformed");
+                return Output::None;
+            }
+        };
+        if msg.has(attr_type::FINGERPRINT) && msg.check_fingerprint().is_err() {
+            dropped("fingerprint");
+            return Output::None;
+        }
+        let res = match msg.class() {
+            Class::Request => self.request(now, ft, &msg, out, bind),
+            Class::Indication if msg.method() == Method::SEND => {
+                Ok(self.send_indication(now, ft, &msg))
+            }
+            _ => {
+                dropped("unexpected_message");
+                Ok(Output::None)
+            }
+        };
+        res.unwrap_or_else(|e| {
+            debug!(error = %e, client = %ft.client, "could not encode response");
+            out.clear();
+            Output::None
+        })
+    }
+
+    fn client_channel_data<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        data: &'a [u8],
+    ) -> Output<'a, R> {
+        let Ok(cd) = ChannelData::parse(data) else {
+            dropped("malformed");
+            return Output::None;
+        };
+        let Some(alloc) = self.by_ft.get(&ft).and_then(|id| self.allocs.get_mut(id)) else {
+            dropped("no_allocation");
+            return Output::None;
+        };
+        let peer = match alloc.channels.get(&cd.channel) {
+            Some((peer, exp)) if *exp > now => *peer,
+            _ => {
+                dropped("no_channel");
+                return Output::None;
+            }
+        };
+        if !alloc.permitted(peer.ip(), now) {
+            dropped("no_permission");
+            return Output::None;
+        }
+        if !alloc.bucket.allow(self.cfg.max_bps, cd.data.len(), now) {
+            dropped("bandwidth");
+            return Output::None;
+        }
+        self.metrics.client_to_peer.increment(cd.data.len() as u64);
+        Output::ToPeer {
+            relay: alloc.relay.clone(),
+            peer,
+            data: cd.data,
+        }
+    }
+
+    fn send_indication<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'a>,
+    ) -> Output<'a, R> {
+        let Some(alloc) = self.by_ft.get(&ft).and_then(|id| self.allocs.get_mut(id)) else {
+            dropped("no_allocation");
+            return Output::None;
+        };
+        let (Ok(Some(peer)), Some(data)) = (msg.xor_peer_address(), msg.data()) else {
+            dropped("malformed");
+            return Output::None;
+        };
+        if !alloc.permitted(peer.ip(), now) {
+            dropped("no_permission");
+            return Output::None;
+        }
+        if !alloc.bucket.allow(self.cfg.max_bps, data.len(), now) {
+            dropped("bandwidth");
+            return Output::None;
+        }
+        self.metrics.client_to_peer.increment(data.len() as u64);
+        Output::ToPeer {
+            relay: alloc.relay.clone(),
+            peer,
+            data,
+        }
+    }
+
+    /// Data received on allocation `id`'s relay from `peer`: encode it for the client into `out`
+    /// (ChannelData if a channel is bound, else a Data indication). Returns false if it must be dropped.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        let Some(alloc) = self.allocs.get_mut(&id) else {
+            dropped("no_allocation");
+            return false;
+        };
+        if !alloc.permitted(peer.ip(), now) {
+            dropped("no_permission");
+            return false;
+        }
+        if !alloc.bucket.allow(self.cfg.max_bps, data.len(), now) {
+            dropped("bandwidth");
+            return false;
+        }
+        let channel = alloc
+            .peer_channels
+            .get(&peer)
+            .copied()
+            .filter(|ch| alloc.channels.get(ch).is_some_and(|(_, exp)| *exp > now));
+        let ok = match channel {
+            Some(ch) => {
+                ChannelData::encode(out, ch, data, alloc.ft.transport != Transport::Udp).is_ok()
+            }
+            None => {
+                let tid = TransactionId(rand::random());
+                let mut w =
+                    MessageWriter::new(out, MessageType::new(Method::DATA, Class::Indication), tid);
+                w.add_xor_peer_address(peer).is_ok() && w.add_data(data).is_ok()
+            }
+        };
+        if !ok {
+            out.clear();
+            dropped("too_large");
+            return false;
+        }
+        self.metrics.peer_to_client.increment(data.len() as u64);
+        true
+    }
+
+    /// Expire allocations, permissions and channels. Returns the expired allocations' relay handles.
+    pub fn tick(&mut self, now: Instant) -> Vec<(AllocId, R)> {
+        let expired: Vec<AllocId> = self
+            .allocs
+            .values()
+            .filter(|a| a.expires <= now)
+            .map(|a| a.id)
+            .collect();
+        let mut gone = Vec::with_capacity(expired.len());
+        for id in expired {
+            if let Some(r) = self.remove(id, "expired") {
+                gone.push((id, r));
+            }
+        }
+        let ports = &mut self.ports;
+        self.reservations.retain(|_, r| {
+            let keep = r.expires > now;
+            if !keep {
+                ports.release(r.addr.port());
+            }
+            keep
+        });
+        for a in self.allocs.values_mut() {
+            a.perms.retain(|_, exp| *exp > now);
+            let before = a.channels.len();
+            a.channels.retain(|_, (_, exp)| *exp > now);
+            if a.channels.len() != before {
+                let chans = &a.channels;
+                a.peer_channels.retain(|_, ch| chans.contains_key(ch));
+            }
+        }
+        gone
+    }
+
+    /// Remove the allocation on `ft` (e.g. its TCP connection closed).
+    pub fn remove_five_tuple(&mut self, ft: &FiveTuple) -> Option<(AllocId, R)> {
+        let id = *self.by_ft.get(ft)?;
+        self.remove(id, "connection closed").map(|r| (id, r))
+    }
+
+    fn remove(&mut self, id: AllocId, why: &'static str) -> Option<R> {
+        let a = self.allocs.remove(&id)?;
+        self.by_ft.remove(&a.ft);
+        self.ports.release(a.relay_addr.port());
+        if let Some(n) = self.per_user.get_mut(&a.username) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(&a.username);
+            }
+        }
+        self.metrics.active.set(self.allocs.len() as f64);
+        info!(client = %a.ft.client, relay = %a.relay_addr, user = %a.username, reason = why, "TURN allocation expired");
+        Some(a.relay)
+    }
+
+    // ---- requests -------------------------------------------------------------------------------------
+
+    fn request<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'a>,
+        out: &mut Vec<u8>,
+        bind: &mut dyn FnMut(SocketAddr) -> io::Result<R>,
+    ) -> Result<Output<'a, R>, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        match msg.method() {
+            Method::BINDING => {
+                let mut w = response(out, msg, Class::Success);
+                w.add_xor_mapped_address(ft.client)?;
+                w.add_software(SOFTWARE)?;
+                w.add_fingerprint()?;
+                Ok(Output::Reply)
+            }
+            Method::ALLOCATE
+            | Method::REFRESH
+            | Method::CREATE_PERMISSION
+            | Method::CHANNEL_BIND => {
+                let (username, key) = match self.authenticate(now, ft, msg, out)? {
+                    Ok(v) => v,
+                    Err(Rejected) => return Ok(Output::Reply),
+                };
+                let mut unknown = [0u16; 16];
+                let mut n = 0;
+                for t in msg.unknown_comprehension_required(KNOWN_REQUEST_ATTRS) {
+                    if n < unknown.len() && !unknown[..n].contains(&t) {
+                        unknown[n] = t;
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    let mut w = error(out, msg, 420, "Unknown Attribute")?;
+                    w.add_unknown_attributes(&unknown[..n])?;
+                    seal(w, Some(&key), fp)?;
+                    return Ok(Output::Reply);
+                }
+                match msg.method() {
+                    Method::ALLOCATE => self.allocate(now, ft, msg, out, bind, username, key),
+                    Method::REFRESH => self.refresh(now, ft, msg, out, &username, key),
+                    Method::CREATE_PERMISSION => {
+                        self.create_permission(now, ft, msg, out, &username, key)
+                    }
+                    _ => self.channel_bind(now, ft, msg, out, &username, key),
+                }
+            }
+            _ => {
+                let w = error(out, msg, 400, "Bad Request")?;
+                seal(w, None, fp)?;
+                Ok(Output::Reply)
+            }
+        }
+    }
+
+    /// Long-term credential check (RFC 8489 §9.2.4). On rejection the error response is in `out`.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Result<(String, [u8; 16]), Rejected>, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        if !msg.has(attr_type::MESSAGE_INTEGRITY) {
+            self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
+            return Ok(Err(Rejected));
+        }
+        let (Ok(Some(username)), Ok(Some(realm)), Ok(Some(nonce))) =
+            (msg.username(), msg.realm(), msg.nonce())
+        else {
+            auth_failure("missing_attributes");
+            let w = error(out, msg, 400, "Bad Request")?;
+            seal(w, None, fp)?;
+            return Ok(Err(Rejected));
+        };
+        if !self.nonce_valid(nonce, ft.client.ip(), now) {
+            auth_failure("stale_nonce");
+            self.challenge(now, ft, msg, out, 438, "Stale Nonce")?;
+            return Ok(Err(Rejected));
+        }
+        if realm != self.cfg.realm {
+            auth_failure("wrong_realm");
+            self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
+            return Ok(Err(Rejected));
+        }
+        let Some(key) = self.key_for(username, now) else {
+            auth_failure("unknown_user");
+            self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
+            return Ok(Err(Rejected));
+        };
+        if msg.check_integrity(&key).is_err() {
+            auth_failure("bad_integrity");
+            self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
+            return Ok(Err(Rejected));
+        }
+        Ok(Ok((username.to_string(), key)))
+    }
+
+    fn challenge(
+        &self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'_>,
+        out: &mut Vec<u8>,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), StunError> {
+        let nonce = self.make_nonce(ft.client.ip(), now);
+        let mut w = error(out, msg, code, reason)?;
+        w.add_realm(&self.cfg.realm)?;
+        w.add_nonce(&nonce)?;
+        seal(w, None, msg.has(attr_type::FINGERPRINT))
+    }
+
+    fn key_for(&self, username: &str, now: Instant) -> Option<[u8; 16]> {
+        if let Some(k) = self.cfg.users.get(username) {
+            return Some(*k);
+        }
+        let secret = self.cfg.auth_secret.as_ref()?;
+        let (expiry, _) = username.split_once(':').unwrap_or((username, ""));
+        let expiry: u64 = expiry.parse().ok()?;
+        let wall = self.wall_epoch + now.saturating_duration_since(self.epoch);
+        let wall = wall.duration_since(UNIX_EPOCH).ok()?.as_secs();
+        if expiry < wall {
+            auth_failure("expired_credentials");
+            return None;
+        }
+        let password = rest_password(secret, username);
+        Some(long_term_key(username, &self.cfg.realm, &password))
+    }
+
+    fn nonce_tag(&self, expiry: u64, ip: IpAddr) -> Option<[u8; 8]> {
+        let mut mac = <HmacSha1 as Mac>::new_from_slice(&self.nonce_secret).ok()?;
+        mac.update(&expiry.to_be_bytes());
+        match ip {
+            IpAddr::V4(v4) => mac.update(&v4.octets()),
+            IpAddr::V6(v6) => mac.update(&v6.octets()),
+        }
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&full[..8]);
+        Some(tag)
+    }
+
+    /// Stateless nonce: hex(expiry in ms since the core started) + hex(HMAC(secret, expiry || client IP)).
+    fn make_nonce(&self, ip: IpAddr, now: Instant) -> String {
+        let expiry = (now.saturating_duration_since(self.epoch) + self.cfg.nonce_lifetime)
+            .as_millis() as u64;
+        let tag = self.nonce_tag(expiry, ip).unwrap_or_default();
+        let mut s = format!("{expiry:016x}");
+        for b in tag {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    fn nonce_valid(&self, nonce: &str, ip: IpAddr, now: Instant) -> bool {
+        if nonce.len() != 32 || !nonce.is_ascii() {
+            return false;
+        }
+        let Ok(expiry) = u64::from_str_radix(&nonce[..16], 16) else {
+            return false;
+        };
+        let Some(tag) = self.nonce_tag(expiry, ip) else {
+            return false;
+        };
+        let mut want = String::with_capacity(16);
+        for b in tag {
+            want.push_str(&format!("{b:02x}"));
+        }
+        want == nonce[16..]
+            && (now.saturating_duration_since(self.epoch).as_millis() as u64) < expiry
+    }
+
+    fn clamp_lifetime(&self, requested: Option<u32>) -> u32 {
+        let default = self.cfg.default_lifetime.as_secs() as u32;
+        let max = self.cfg.max_lifetime.as_secs() as u32;
+        match requested {
+            None => default,
+            Some(r) => r.clamp(default.min(max), max),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn allocate<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'a>,
+        out: &mut Vec<u8>,
+        bind: &mut dyn FnMut(SocketAddr) -> io::Result<R>,
+        username: String,
+        key: [u8; 16],
+    ) -> Result<Output<'a, R>, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        let fail =
+            |out: &mut Vec<u8>, code: u16, reason: &str| -> Result<Output<'a, R>, StunError> {
+                let w = error(out, msg, code, reason)?;
+                seal(w, Some(&key), fp)?;
+                Ok(Output::Reply)
+            };
+        if let Some(a) = self.by_ft.get(&ft).and_then(|id| self.allocs.get(id)) {
+            if a.alloc_tid == msg.transaction_id() {
+                // Retransmitted Allocate: resend the success response.
+                let (relay_addr, lifetime) = (a.relay_addr, a.lifetime);
+                self.allocate_success(out, msg, ft, relay_addr, lifetime, &key, false, None)?;
+                return Ok(Output::Reply);
+            }
+            return fail(out, 437, "Allocation Mismatch");
+        }
+        match msg.requested_transport() {
+            Ok(Some(PROTO_UDP)) => {}
+            Ok(Some(_)) => return fail(out, 442, "Unsupported Transport Protocol"),
+            _ => return fail(out, 400, "Bad Request"),
+        }
+        if msg.dont_fragment() {
+            // We cannot set DF on relayed datagrams: treat as unknown (RFC 8656 §7.2).
+            let mut w = error(out, msg, 420, "Unknown Attribute")?;
+            w.add_unknown_attributes(&[attr_type::DONT_FRAGMENT])?;
+            seal(w, Some(&key), fp)?;
+            return Ok(Output::Reply);
+        }
+        let (even_port, token) = match (msg.even_port(), msg.reservation_token()) {
+            (Ok(e), Ok(t)) => (e, t),
+            _ => return fail(out, 400, "Bad Request"),
+        };
+        let requested = msg.requested_address_family();
+        let additional = msg.additional_address_family();
+        if token.is_some() && (even_port.is_some() || msg.has(attr_type::REQUESTED_ADDRESS_FAMILY))
+        {
+            return fail(out, 400, "Bad Request");
+        }
+        let family = match (requested, additional.clone()) {
+            (Err(StunError::BadFamily(_)), _) => {
+                return fail(out, 440, "Address Family not Supported")
+            }
+            (Err(_), _) | (_, Err(_)) => return fail(out, 400, "Bad Request"),
+            (Ok(Some(_)), Ok(Some(_))) => return fail(out, 400, "Bad Request"),
+            (Ok(None), Ok(Some(AddressFamily::V4))) => return fail(out, 400, "Bad Request"),
+            (Ok(Some(f)), Ok(None)) => f,
+            (Ok(None), _) => AddressFamily::V4,
+        };
+        let dual_v6_refused = matches!(additional, Ok(Some(AddressFamily::V6)));
+        let ip = match family {
+            AddressFamily::V4 => self.cfg.relay_v4,
+            AddressFamily::V6 => self.cfg.relay_v6,
+        };
+        let Some(ip) = ip else {
+            return fail(out, 440, "Address Family not Supported");
+        };
+        let user_count = self.per_user.get(&username).copied().unwrap_or(0);
+        if (self.cfg.user_quota > 0 && user_count >= self.cfg.user_quota)
+            || (self.cfg.total_quota > 0 && self.allocs.len() as u32 >= self.cfg.total_quota)
+        {
+            return fail(out, 486, "Allocation Quota Reached");
+        }
+        let mut new_token = None;
+        let bound = if let Some(tok) = token {
+            match self.reservations.remove(&tok) {
+                Some(r) if r.expires > now => Some((r.addr, r.relay)),
+                Some(r) => {
+                    self.ports.release(r.addr.port());
+                    None
+                }
+                None => None,
+            }
+        } else if even_port == Some(true) {
+            let pair = self.bind_pair(ip, bind);
+            pair.map(|(a, ra, b, rb)| {
+                let tok: [u8; 8] = rand::random();
+                self.reservations.insert(
+                    tok,
+                    Reservation {
+                        addr: b,
+                        relay: rb,
+                        expires: now + RESERVATION_LIFETIME,
+                    },
+                );
+                new_token = Some(tok);
+                (a, ra)
+            })
+        } else {
+            self.bind_one(ip, even_port.is_some(), bind)
+        };
+        let Some((relay_addr, relay)) = bound else {
+            return fail(out, 508, "Insufficient Capacity");
+        };
+        let lifetime = self.clamp_lifetime(msg.lifetime().ok().flatten());
+        let id = self.next_id;
+        self.next_id += 1;
+        *self.per_user.entry(username.clone()).or_insert(0) += 1;
+        info!(client = %ft.client, relay = %relay_addr, user = %username, lifetime, transport = ?ft.transport, "TURN allocation created");
+        self.allocs.insert(
+            id,
+            Allocation {
+                id,
+                ft,
+                relay_addr,
+                relay: relay.clone(),
+                username,
+                alloc_tid: msg.transaction_id(),
+                lifetime,
+                expires: now + Duration::from_secs(u64::from(lifetime)),
+                perms: HashMap::new(),
+                channels: HashMap::new(),
+                peer_channels: HashMap::new(),
+                bucket: Bucket {
+                    tokens: self.cfg.max_bps as f64,
+                    last: now,
+                },
+            },
+        );
+        self.by_ft.insert(ft, id);
+        self.metrics.active.set(self.allocs.len() as f64);
+        self.allocate_success(
+            out,
+            msg,
+            ft,
+            relay_addr,
+            lifetime,
+            &key,
+            dual_v6_refused,
+            new_token,
+        )?;
+        Ok(Output::Created { id, relay })
+    }
+
+    fn bind_one(
+        &mut self,
+        ip: IpAddr,
+        even: bool,
+        bind: &mut dyn FnMut(SocketAddr) -> io::Result<R>,
+    ) -> Option<(SocketAddr, R)> {
+        for _ in 0..64 {
+            let port = self.ports.take(even)?;
+            let addr = SocketAddr::new(ip, port);
+            match bind(addr) {
+                Ok(r) => return Some((addr, r)),
+                Err(e) => {
+                    debug!(%addr, error = %e, "relay port unavailable");
+                    self.ports.release(port);
+                }
+            }
+        }
+        None
+    }
+
+    /// Bind an even port and the next one (the second is reserved for a RESERVATION-TOKEN).
+    fn bind_pair(
+        &mut self,
+        ip: IpAddr,
+        bind: &mut dyn FnMut(SocketAddr) -> io::Result<R>,
+    ) -> Option<(SocketAddr, R, SocketAddr, R)> {
+        for _ in 0..64 {
+            let port = self.ports.take_pair()?;
+            let (a, b) = (SocketAddr::new(ip, port), SocketAddr::new(ip, port + 1));
+            match (bind(a), bind(b)) {
+                (Ok(ra), Ok(rb)) => return Some((a, ra, b, rb)),
+                _ => {
+                    debug!(%a, "relay port pair unavailable");
+                    self.ports.release(port);
+                    self.ports.release(port + 1);
+                }
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn allocate_success(
+        &self,
+        out: &mut Vec<u8>,
+        msg: &MessageRef<'_>,
+        ft: FiveTuple,
+        relay_addr: SocketAddr,
+        lifetime: u32,
+        key: &[u8],
+        v6_refused: bool,
+        token: Option<[u8; 8]>,
+    ) -> Result<(), StunError> {
+        out.clear();
+        let mut w = response(out, msg, Class::Success);
+        w.add_xor_relayed_address(relay_addr)?;
+        w.add_lifetime(lifetime)?;
+        w.add_xor_mapped_address(ft.client)?;
+        if let Some(t) = token {
+            w.add_reservation_token(t)?;
+        }
+        if v6_refused {
+            // ADDRESS-ERROR-CODE: family IPv6, 440.
+            let mut v = [0u8; 4 + 28];
+            v[0] = AddressFamily::V6.to_u8();
+            v[2] = 4;
+            v[3] = 40;
+            v[4..].copy_from_slice(b"Address Family not Supported");
+            w.add_raw(attr_type::ADDRESS_ERROR_CODE, &v)?;
+        }
+        w.add_software(SOFTWARE)?;
+        seal(w, Some(key), msg.has(attr_type::FINGERPRINT))
+    }
+
+    /// Find the allocation for `ft` and check it belongs to `username`; on failure the error is in `out`.
+    fn owned_alloc(
+        &self,
+        ft: FiveTuple,
+        msg: &MessageRef<'_>,
+        out: &mut Vec<u8>,
+        username: &str,
+        key: &[u8],
+    ) -> Result<Option<AllocId>, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        let Some(a) = self.by_ft.get(&ft).and_then(|id| self.allocs.get(id)) else {
+            seal(error(out, msg, 437, "Allocation Mismatch")?, Some(key), fp)?;
+            return Ok(None);
+        };
+        if a.username != username {
+            auth_failure("wrong_credentials");
+            seal(error(out, msg, 441, "Wrong Credentials")?, Some(key), fp)?;
+            return Ok(None);
+        }
+        Ok(Some(a.id))
+    }
+
+    fn refresh<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'a>,
+        out: &mut Vec<u8>,
+        username: &str,
+        key: [u8; 16],
+    ) -> Result<Output<'a, R>, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
+            return Ok(Output::Reply);
+        };
+        let relay_family = self.allocs.get(&id).map(|a| family_of(&a.relay_addr));
+        match msg.requested_address_family() {
+            Ok(Some(f)) if Some(f) != relay_family => {
+                seal(
+                    error(out, msg, 443, "Peer Address Family Mismatch")?,
+                    Some(&key),
+                    fp,
+                )?;
+                return Ok(Output::Reply);
+            }
+            Err(_) => {
+                seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
+                return Ok(Output::Reply);
+            }
+            _ => {}
+        }
+        let requested = match msg.lifetime() {
+            Ok(v) => v,
+            Err(_) => {
+                seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
+                return Ok(Output::Reply);
+            }
+        };
+        if requested == Some(0) {
+            let relay = self.remove(id, "deleted by client");
+            let mut w = response(out, msg, Class::Success);
+            w.add_lifetime(0)?;
+            seal(w, Some(&key), fp)?;
+            return Ok(match relay {
+                Some(relay) => Output::Released { id, relay },
+                None => Output::Reply,
+            });
+        }
+        let lifetime = self.clamp_lifetime(requested);
+        if let Some(a) = self.allocs.get_mut(&id) {
+            a.lifetime = lifetime;
+            a.expires = now + Duration::from_secs(u64::from(lifetime));
+        }
+        let mut w = response(out, msg, Class::Success);
+        w.add_lifetime(lifetime)?;
+        seal(w, Some(&key), fp)?;
+        Ok(Output::Reply)
+    }
+
+    /// Family + policy check of a peer; writes 443/403 into `out` and returns false when refused.
+    fn check_peer(
+        &self,
+        relay_addr: SocketAddr,
+        peer: SocketAddr,
+        msg: &MessageRef<'_>,
+        out: &mut Vec<u8>,
+        key: &[u8],
+    ) -> Result<bool, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        if family_of(&peer) != family_of(&relay_addr) {
+            seal(
+                error(out, msg, 443, "Peer Address Family Mismatch")?,
+                Some(key),
+                fp,
+            )?;
+            return Ok(false);
+        }
+        if !self.cfg.policy.permits(peer.ip()) {
+            debug!(%peer, "peer refused by policy");
+            seal(error(out, msg, 403, "Forbidden")?, Some(key), fp)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn create_permission<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'a>,
+        out: &mut Vec<u8>,
+        username: &str,
+        key: [u8; 16],
+    ) -> Result<Output<'a, R>, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
+            return Ok(Output::Reply);
+        };
+        let Some(relay_addr) = self.allocs.get(&id).map(|a| a.relay_addr) else {
+            return Ok(Output::None);
+        };
+        let mut count = 0;
+        for peer in msg.xor_peer_addresses() {
+            let Ok(peer) = peer else {
+                seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
+                return Ok(Output::Reply);
+            };
+            if !self.check_peer(relay_addr, peer, msg, out, &key)? {
+                return Ok(Output::Reply);
+            }
+            count += 1;
+        }
+        if count == 0 {
+            seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
+            return Ok(Output::Reply);
+        }
+        let exp = now + self.cfg.permission_lifetime;
+        if let Some(a) = self.allocs.get_mut(&id) {
+            for peer in msg.xor_peer_addresses().flatten() {
+                a.perms.insert(peer.ip(), exp);
+            }
+        }
+        seal(response(out, msg, Class::Success), Some(&key), fp)?;
+        Ok(Output::Reply)
+    }
+
+    fn channel_bind<'a>(
+        &mut self,
+        now: Instant,
+        ft: FiveTuple,
+        msg: &MessageRef<'a>,
+        out: &mut Vec<u8>,
+        username: &str,
+        key: [u8; 16],
+    ) -> Result<Output<'a, R>, StunError> {
+        let fp = msg.has(attr_type::FINGERPRINT);
+        let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
+            return Ok(Output::Reply);
+        };
+        let Some(relay_addr) = self.allocs.get(&id).map(|a| a.relay_addr) else {
+            return Ok(Output::None);
+        };
+        let (Ok(Some(ch)), Ok(Some(peer))) = (msg.channel_number(), msg.xor_peer_address()) else {
+            seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
+            return Ok(Output::Reply);
+        };
+        if !(CHANNEL_MIN..=CHANNEL_MAX_ACCEPTED).contains(&ch) {
+            seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
+            return Ok(Output::Reply);
+        }
+        if !self.check_peer(relay_addr, peer, msg, out, &key)? {
+            return Ok(Output::Reply);
+        }
+        let Some(a) = self.allocs.get_mut(&id) else {
+            return Ok(Output::None);
+        };
+        let ch_conflict = a.channels.get(&ch).is_some_and(|(p, _)| *p != peer);
+        let peer_conflict = a.peer_channels.get(&peer).is_some_and(|c| *c != ch);
+        if ch_conflict || peer_conflict {
+            seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
+            return Ok(Output::Reply);
+        }
+        a.channels
+            .insert(ch, (peer, now + self.cfg.channel_lifetime));
+        a.peer_channels.insert(peer, ch);
+        a.perms
+            .insert(peer.ip(), now + self.cfg.permission_lifetime);
+        seal(response(out, msg, Class::Success), Some(&key), fp)?;
+        Ok(Output::Reply)
+    }
+}
+
+/// coturn's REST password: base64(HMAC-SHA1(secret, username)).
+pub fn rest_password(secret: &str, username: &str) -> String {
+    let mut mac = match <HmacSha1 as Mac>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(username.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn response<'b>(out: &'b mut Vec<u8>, msg: &MessageRef<'_>, class: Class) -> MessageWriter<'b> {
+    out.clear();
+    MessageWriter::new(
+        out,
+        MessageType::new(msg.method(), class),
+        msg.transaction_id(),
+    )
+}
+
+fn error<'b>(
+    out: &'b mut Vec<u8>,
+    msg: &MessageRef<'_>,
+    code: u16,
+    reason: &str,
+) -> Result<MessageWriter<'b>, StunError> {
+    let mut w = response(out, msg, Class::Error);
+    w.add_error_code(code, reason)?;
+    Ok(w)
+}
+
+fn seal(mut w: MessageWriter<'_>, key: Option<&[u8]>, fp: bool) -> Result<(), StunError> {
+    if let Some(k) = key {
+        w.add_message_integrity(k)?;
+    }
+    if fp {
+        w.add_fingerprint()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: &str = "192.0.2.10:5000";
+    const SERVER: &str = "192.0.2.1:3478";
+
+    fn ft() -> FiveTuple {
+        FiveTuple {
+            client: CLIENT.parse().expect("a"),
+            server: SERVER.parse().expect("a"),
+            transport: Transport::Udp,
+        }
+    }
+
+    fn core(min_port: u16, max_port: u16) -> (Core<u16>, Instant) {
+        let mut cfg = CoreConfig {
+            realm: "r".into(),
+            min_port,
+            max_port,
+            ..CoreConfig::default()
+        };
+        cfg.relay_v4 = Some("192.0.2.1".parse().expect("ip"));
+        cfg.policy = PeerPolicy::new(&[], &[]).expect("policy");
+        cfg.add_user("u:p").expect("user");
+        let now = Instant::now();
+        (Core::new(cfg, now), now)
+    }
+
+    /// Build an authenticated request (nonce taken from a prior challenge).
+    fn request(
+        method: Method,
+        nonce: Option<&str>,
+        extra: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(
+            &mut buf,
+            MessageType::new(method, Class::Request),
+            TransactionId(rand::random()),
+        );
+        extra(&mut w);
+        if let Some(n) = nonce {
+            w.add_username("u").expect("u");
+            w.add_realm("r").expect("r");
+            w.add_nonce(n).expect("n");
+            w.add_message_integrity(&long_term_key("u", "r", "p"))
+                .expect("mi");
+        }
+        buf
+    }
+
+    fn run(
+        core: &mut Core<u16>,
+        now: Instant,
+        ft: FiveTuple,
+        req: &[u8],
+        out: &mut Vec<u8>,
+    ) -> (Option<u16>, bool) {
+        let mut bound = |a: SocketAddr| Ok::<u16, io::Error>(a.port());
+        let o = core.handle_client(now, ft, req, out, &mut bound);
+        let created = matches!(o, Output::Created { .. });
+        let m = Message::parse(out).expect("response");
+        (m.error_code().expect("ec").map(|(c, _)| c), created)
+    }
+
+    fn nonce(core: &mut Core<u16>, now: Instant, out: &mut Vec<u8>) -> String {
+        let req = request(Method::ALLOCATE, None, |w| {
+            w.add_requested_transport(17).expect("rt")
+        });
+        assert_eq!(run(core, now, ft(), &req, out).0, Some(401));
+        Message::parse(out)
+            .expect("m")
+            .nonce()
+            .expect("n")
+            .expect("nonce")
+            .to_string()
+    }
+
+    #[test]
+    fn allocation_expires_and_port_is_reused() {
+        let (mut core, t0) = core(50000, 50000); // a single relay port
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        let alloc = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add_lifetime(1).expect("lt"); // clamped up to 600
+        });
+        assert_eq!(run(&mut core, t0, ft(), &alloc, &mut out), (None, true));
+        let m = Message::parse(&out).expect("m");
+        assert_eq!(m.lifetime().expect("lt"), Some(600));
+        assert_eq!(
+            m.xor_relayed_address().expect("r"),
+            Some("192.0.2.1:50000".parse().expect("a"))
+        );
+        // Pool exhausted for another client.
+        let mut other = ft();
+        other.client.set_port(5001);
+        let alloc2 = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt")
+        });
+        assert_eq!(run(&mut core, t0, other, &alloc2, &mut out).0, Some(508));
+        // Permission for a peer, then time passes: permission (300 s) expires first.
+        let peer: SocketAddr = "198.51.100.7:4000".parse().expect("a");
+        let perm = request(Method::CREATE_PERMISSION, Some(&n), |w| {
+            w.add_xor_peer_address(peer).expect("p")
+        });
+        assert_eq!(run(&mut core, t0, ft(), &perm, &mut out).0, None);
+        let id = *core.by_ft.get(&ft()).expect("alloc");
+        assert!(core.handle_peer(t0, id, peer, b"x", &mut out));
+        assert!(core.tick(t0 + Duration::from_secs(301)).is_empty());
+        assert!(!core.handle_peer(t0 + Duration::from_secs(301), id, peer, b"x", &mut out));
+        // The allocation expires at 600 s; the port goes back to the pool.
+        let gone = core.tick(t0 + Duration::from_secs(601));
+        assert_eq!(gone, vec![(id, 50000)]);
+        assert_eq!(core.allocation_count(), 0);
+        let later = t0 + Duration::from_secs(602);
+        let n2 = nonce(&mut core, later, &mut out);
+        let alloc3 = request(Method::ALLOCATE, Some(&n2), |w| {
+            w.add_requested_transport(17).expect("rt")
+        });
+        assert_eq!(
+            run(&mut core, later, other, &alloc3, &mut out),
+            (None, true)
+        );
+    }
+
+    #[test]
+    fn nonce_expiry_and_error_codes() {
+        let (mut core, t0) = core(50000, 50100);
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        let late = t0 + Duration::from_secs(601);
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt")
+        });
+        assert_eq!(run(&mut core, late, ft(), &req, &mut out).0, Some(438));
+        let m = Message::parse(&out).expect("m");
+        assert!(m.nonce().expect("n").is_some() && m.realm().expect("r") == Some("r"));
+        // Forged nonce → 438 too.
+        let req = request(
+            Method::ALLOCATE,
+            Some("0000000000ffffff0011223344556677"),
+            |w| w.add_requested_transport(17).expect("rt"),
+        );
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(438));
+        // TCP relay → 442, missing transport → 400, DONT-FRAGMENT → 420, unknown attribute → 420.
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(6).expect("rt")
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(442));
+        let req = request(Method::ALLOCATE, Some(&n), |_| {});
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(400));
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add_dont_fragment().expect("df");
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(420));
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add_raw(0x0042, b"abcd").expect("raw");
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(420));
+        let m = Message::parse(&out).expect("m");
+        assert!(m.check_integrity(&long_term_key("u", "r", "p")).is_ok());
+        // IPv6 relay not configured → 440; RESERVATION-TOKEN → 508.
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add(&stun::Attribute::RequestedAddressFamily(AddressFamily::V6))
+                .expect("raf");
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(440));
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add_reservation_token([1; 8]).expect("tok");
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(508));
+        // No allocation yet: Refresh/CreatePermission/ChannelBind → 437.
+        let req = request(Method::REFRESH, Some(&n), |_| {});
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(437));
+        // Allocate, then a different user on the same 5-tuple → 441.
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt")
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out), (None, true));
+        // Retransmission of the same Allocate gets the same success again.
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out), (None, false));
+        core.cfg.add_user("v:q").expect("user");
+        let mut buf = Vec::new();
+        let mut w = MessageWriter::new(
+            &mut buf,
+            MessageType::new(Method::REFRESH, Class::Request),
+            TransactionId([3; 12]),
+        );
+        w.add_username("v").expect("u");
+        w.add_realm("r").expect("r");
+        w.add_nonce(&n).expect("n");
+        w.add_message_integrity(&long_term_key("v", "r", "q"))
+            .expect("mi");
+        assert_eq!(run(&mut core, t0, ft(), &buf, &mut out).0, Some(441));
+        // ChannelBind: bad channel number → 400, channel rebinding to another peer → 400.
+        let peer: SocketAddr = "198.51.100.7:4000".parse().expect("a");
+        let req = request(Method::CHANNEL_BIND, Some(&n), |w| {
+            w.add_channel_number(0x3000).expect("ch");
+            w.add_xor_peer_address(peer).expect("p");
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(400));
+        let bind = |ch: u16, p: SocketAddr| {
+            request(Method::CHANNEL_BIND, Some(&n), move |w| {
+                w.add_channel_number(ch).expect("ch");
+                w.add_xor_peer_address(p).expect("p");
+            })
+        };
+        assert_eq!(
+            run(&mut core, t0, ft(), &bind(0x4001, peer), &mut out).0,
+            None
+        );
+        let other: SocketAddr = "198.51.100.8:4000".parse().expect("a");
+        assert_eq!(
+            run(&mut core, t0, ft(), &bind(0x4001, other), &mut out).0,
+            Some(400)
+        );
+        assert_eq!(
+            run(&mut core, t0, ft(), &bind(0x4002, peer), &mut out).0,
+            Some(400)
+        );
+        // Peer data on the bound channel comes back as ChannelData.
+        let id = *core.by_ft.get(&ft()).expect("alloc");
+        assert!(core.handle_peer(t0, id, peer, b"hi", &mut out));
+        assert_eq!(out, [0x40, 0x01, 0x00, 0x02, b'h', b'i']);
+        // Unknown method → 400.
+        let req = request(Method(0x0FF), None, |_| {});
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(400));
+    }
+
+    #[test]
+    fn bandwidth_cap_drops_excess() {
+        let (mut core, t0) = core(50000, 50010);
+        core.cfg.max_bps = 1000;
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt")
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out), (None, true));
+        let peer: SocketAddr = "198.51.100.7:4000".parse().expect("a");
+        let perm = request(Method::CREATE_PERMISSION, Some(&n), |w| {
+            w.add_xor_peer_address(peer).expect("p")
+        });
+        assert_eq!(run(&mut core, t0, ft(), &perm, &mut out).0, None);
+        let id = *core.by_ft.get(&ft()).expect("alloc");
+        let pkt = [0u8; 400];
+        let passed = (0..10)
+            .filter(|_| core.handle_peer(t0, id, peer, &pkt, &mut out))
+            .count();
+        assert_eq!(passed, 2);
+        assert!(core.handle_peer(t0 + Duration::from_secs(1), id, peer, &pkt, &mut out));
+    }
+
+    #[test]
+    fn even_port_reservation_token() {
+        let (mut core, t0) = core(50001, 50010);
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add(&stun::Attribute::EvenPort(true)).expect("even");
+        });
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out), (None, true));
+        let m = Message::parse(&out).expect("m");
+        let relay = m.xor_relayed_address().expect("r").expect("relay");
+        assert_eq!(relay.port() % 2, 0);
+        let token = m.reservation_token().expect("t").expect("token");
+        let mut other = ft();
+        other.client.set_port(6000);
+        let with_token = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add_reservation_token(token).expect("tok");
+        });
+        assert_eq!(
+            run(&mut core, t0, other, &with_token, &mut out),
+            (None, true)
+        );
+        let m = Message::parse(&out).expect("m");
+        assert_eq!(
+            m.xor_relayed_address().expect("r").expect("relay").port(),
+            relay.port() + 1
+        );
+        // A token is single-use.
+        other.client.set_port(6001);
+        assert_eq!(
+            run(&mut core, t0, other, &with_token, &mut out).0,
+            Some(508)
+        );
+        // Unused reservations expire and give their port back.
+        let mut third = ft();
+        third.client.set_port(7000);
+        let req2 = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add(&stun::Attribute::EvenPort(true)).expect("even");
+        });
+        assert_eq!(run(&mut core, t0, third, &req2, &mut out), (None, true));
+        assert_eq!(core.reservations.len(), 1);
+        core.tick(t0 + Duration::from_secs(31));
+        assert!(core.reservations.is_empty());
+    }
+}

@@ -1,0 +1,378 @@
+//! tokio drivers: UDP/TCP/TLS listeners, one UDP relay socket per allocation, expiry sweeper.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use stun::stream_frame_len;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::core::{AllocId, Core, FiveTuple, Output, Transport};
+
+/// A relay socket and the token that stops its task.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    socket: UdpSocket,
+    cancel: CancellationToken,
+}
+
+pub(crate) type RelayHandle = Arc<Relay>;
+
+type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
+type StreamWriter = Arc<tokio::sync::Mutex<BoxWriter>>;
+
+/// Where data for a client goes.
+#[derive(Clone)]
+enum ClientSink {
+    Udp {
+        socket: Arc<UdpSocket>,
+        addr: SocketAddr,
+    },
+    Stream(StreamWriter),
+}
+
+pub(crate) struct Shared {
+    core: Mutex<Core<RelayHandle>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn new(core: Core<RelayHandle>) -> Arc<Shared> {
+        Arc::new(Shared {
+            core: Mutex::new(core),
+            cancel: CancellationToken::new(),
+        })
+    }
+    fn core(&self) -> MutexGuard<'_, Core<RelayHandle>> {
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    pub(crate) fn allocation_count(&self) -> usize {
+        self.core().allocation_count()
+    }
+}
+
+fn bind_relay(addr: SocketAddr, parent: &CancellationToken) -> io::Result<RelayHandle> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    std_sock.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(std_sock)?;
+    Ok(Arc::new(Relay {
+        socket,
+        cancel: parent.child_token(),
+    }))
+}
+
+/// Bind a UDP socket with SO_REUSEPORT (so several workers can share one port).
+pub(crate) fn bind_udp_reuse(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    #[cfg(unix)]
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    UdpSocket::from_std(sock.into())
+}
+
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Common handling of an [`Output`] for all client transports.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    out: Output<'_, RelayHandle>,
+    reply: &[u8],
+    sink: &ClientSink,
+) -> io::Result<()> {
+    let send_reply = match out {
+        Output::None => false,
+        Output::Reply => true,
+        Output::Created { id, relay } => {
+            tokio::spawn(relay_task(shared.clone(), id, relay, sink.clone()));
+            true
+        }
+        Output::Released { relay, .. } => {
+            relay.cancel.cancel();
+            true
+        }
+        Output::ToPeer { relay, peer, data } => {
+            if let Err(e) = relay.socket.send_to(data, peer).await {
+                debug!(%peer, error = %e, "relay send failed");
+                metrics::counter!("turn_dropped_packets_total", "reason" => "send_error")
+                    .increment(1);
+            }
+            false
+        }
+    };
+    if send_reply && !reply.is_empty() {
+        match sink {
+            ClientSink::Udp { socket, addr } => {
+                socket.send_to(reply, *addr).await?;
+            }
+            ClientSink::Stream(w) => {
+                w.lock().await.write_all(reply).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads from one allocation's relay socket and forwards to the client.
+async fn relay_task(shared: Arc<Shared>, id: AllocId, relay: RelayHandle, sink: ClientSink) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(65536 + 64);
+    loop {
+        let (n, peer) = tokio::select! {
+            _ = relay.cancel.cancelled() => break,
+            r = relay.socket.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    debug!(error = %e, "relay recv error");
+                    continue;
+                }
+            },
+        };
+        let ok = shared
+            .core()
+            .handle_peer(Instant::now(), id, peer, &buf[..n], &mut out);
+        if !ok {
+            continue;
+        }
+        let res = match &sink {
+            ClientSink::Udp { socket, addr } => socket.send_to(&out, *addr).await.map(|_| ()),
+            ClientSink::Stream(w) => w.lock().await.write_all(&out).await,
+        };
+        if let Err(e) = res {
+            debug!(error = %e, "send to client failed");
+            metrics::counter!("turn_dropped_packets_total", "reason" => "send_error").increment(1);
+        }
+    }
+}
+
+/// One UDP listener worker.
+pub(crate) async fn udp_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::with_capacity(2048);
+    loop {
+        let (n, from) = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    debug!(error = %e, "udp recv error");
+                    continue;
+                }
+            },
+        };
+        let ft = FiveTuple {
+            client: from,
+            server: local,
+            transport: Transport::Udp,
+        };
+        let cancel = &shared.cancel;
+        let action =
+            shared
+                .core()
+                .handle_client(Instant::now(), ft, &buf[..n], &mut out, &mut |addr| {
+                    bind_relay(addr, cancel)
+                });
+        let sink = ClientSink::Udp {
+            socket: socket.clone(),
+            addr: from,
+        };
+        if let Err(e) = dispatch(&shared, action, &out, &sink).await {
+            debug!(error = %e, client = %from, "udp send failed");
+        }
+    }
+}
+
+/// TCP accept loop (plain or TLS).
+pub(crate) async fn tcp_accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "tcp listener has no local address");
+            return;
+        }
+    };
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => stream_conn(shared, stream, client, local, Transport::Tcp).await,
+                Some(acceptor) => {
+                    let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await;
+                    match hs {
+                        Ok(Ok(s)) => stream_conn(shared, s, client, local, Transport::Tls).await,
+                        Ok(Err(e)) => debug!(%client, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%client, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn stream_conn<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    client: SocketAddr,
+    local: SocketAddr,
+    transport: Transport,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
+    let boxed: BoxWriter = Box::new(wr);
+    let sink = ClientSink::Stream(Arc::new(tokio::sync::Mutex::new(boxed)));
+    let ft = FiveTuple {
+        client,
+        server: local,
+        transport,
+    };
+    let mut rbuf = vec![0u8; 2 * 65600];
+    let mut out = Vec::with_capacity(2048);
+    let mut filled = 0usize;
+    'conn: loop {
+        let n = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            r = rd.read(&mut rbuf[filled..]) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+        };
+        filled += n;
+        let mut start = 0;
+        loop {
+            let frame_len = match stream_frame_len(&rbuf[start..filled]) {
+                Ok(Some(len)) if filled - start >= len => len,
+                Ok(_) => break,
+                Err(e) => {
+                    debug!(%client, error = %e, "closing stream: not STUN/ChannelData");
+                    metrics::counter!("turn_dropped_packets_total", "reason" => "malformed")
+                        .increment(1);
+                    break 'conn;
+                }
+            };
+            let frame = &rbuf[start..start + frame_len];
+            let cancel = &shared.cancel;
+            let action =
+                shared
+                    .core()
+                    .handle_client(Instant::now(), ft, frame, &mut out, &mut |addr| {
+                        bind_relay(addr, cancel)
+                    });
+            if let Err(e) = dispatch(&shared, action, &out, &sink).await {
+                debug!(%client, error = %e, "stream write failed");
+                break 'conn;
+            }
+            start += frame_len;
+        }
+        rbuf.copy_within(start..filled, 0);
+        filled -= start;
+    }
+    if let Some((_, relay)) = shared.core().remove_five_tuple(&ft) {
+        relay.cancel.cancel();
+    }
+}
+
+/// Periodically expires allocations, permissions and channels.
+pub(crate) async fn sweeper(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let gone = shared.core().tick(Instant::now());
+        for (_, relay) in gone {
+            relay.cancel.cancel();
+        }
+    }
+}
+
+/// Bind `relay_threads` UDP sockets sharing `addr` (port 0 → pick one) and a TCP listener on the same port.
+pub(crate) fn bind_listeners(
+    ip: IpAddr,
+    port: u16,
+    threads: usize,
+) -> io::Result<(Vec<UdpSocket>, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let first = bind_udp_reuse(SocketAddr::new(ip, port))?;
+        let actual = first.local_addr()?;
+        let tcp = match bind_tcp(actual) {
+            Ok(t) => t,
+            Err(e) if port == 0 => {
+                last_err = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut socks = vec![first];
+        for _ in 1..threads.max(1) {
+            socks.push(bind_udp_reuse(actual)?);
+        }
+        return Ok((socks, tcp));
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::other("could not bind UDP and TCP on one port")))
+}
+
+pub(crate) fn spawn_all(
+    shared: &Arc<Shared>,
+    udp: Vec<(Vec<UdpSocket>, SocketAddr)>,
+    tcp: Vec<TcpListener>,
+    tls: Vec<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (socks, local) in udp {
+        for s in socks {
+            tasks.push(tokio::spawn(udp_loop(shared.clone(), Arc::new(s), local)));
+        }
+    }
+    for l in tcp {
+        tasks.push(tokio::spawn(tcp_accept_loop(shared.clone(), l, None)));
+    }
+    for (l, acc) in tls {
+        tasks.push(tokio::spawn(tcp_accept_loop(shared.clone(), l, Some(acc))));
+    }
+    tasks.push(tokio::spawn(sweeper(shared.clone())));
+    tasks
+}
