@@ -41,20 +41,22 @@ wait_udp() { # wait until something answers STUN on 127.0.0.1:$1
 
 # run_load PORT → prints "msgs_per_s loss_pct rtt_ms sent recv"
 run_load() {
-  local out
+  local out t0 t1
+  t0=$(date +%s.%N)
   out=$(turnutils_uclient ${TRANSPORT_FLAG[@]+"${TRANSPORT_FLAG[@]}"} -y -c -n "$MSGS" -m "$CLIENTS" -l "$LEN" -z "$INTERVAL" \
         -p "$1" -u alice -w secret 127.0.0.1 2>&1)
-  python3 - "$out" <<'PY'
+  t1=$(date +%s.%N)
+  python3 - "$out" "$t0" "$t1" <<'PY'
 import re, sys
 t = sys.argv[1]
+wall = max(float(sys.argv[3]) - float(sys.argv[2]), 1e-3)
 tot = [l for l in t.splitlines() if "tot_send_msgs=" in l and "msz=" not in l]
 send = int(re.search(r"tot_send_msgs=(\d+)", tot[-1]).group(1)) if tot else 0
 recv = int(re.search(r"tot_recv_msgs=(\d+)", tot[-1]).group(1)) if tot else 0
-secs = re.search(r"Total transmit time is (\d+)", t)
-secs = max(int(secs.group(1)), 1) if secs else 1
 loss = re.search(r"Total lost packets \d+ \(([\d.]+)%\)", t)
 rtt = re.search(r"Average round trip delay ([\d.]+) ms", t)
-print(f"{recv/secs:.0f} {float(loss.group(1)) if loss else 100.0:.3f} {float(rtt.group(1)) if rtt else -1:.3f} {send} {recv}")
+# msgs/s over the whole uclient run (wall clock, includes allocation setup; same for both servers)
+print(f"{recv/wall:.0f} {float(loss.group(1)) if loss else 100.0:.3f} {float(rtt.group(1)) if rtt else -1:.3f} {send} {recv}")
 PY
 }
 
@@ -68,7 +70,7 @@ PIDS+=($!)
 PIDS+=($!)
 wait_udp "$P1"; wait_udp "$P2"
 
-echo "load: $CLIENTS clients (x2 with -y), $MSGS msgs each, $LEN bytes, every ${INTERVAL} ms, relay-threads=$THREADS ${TRANSPORT_FLAG[*]:-udp}"
+echo "load: $CLIENTS uclient sessions (-y: relayed to each other), $MSGS msgs each, $LEN bytes, every ${INTERVAL} ms, relay-threads=$THREADS ${TRANSPORT_FLAG[*]:-udp}"
 read -r C_RATE C_LOSS C_RTT C_SENT C_RECV < <(run_load "$P1")
 read -r S_RATE S_LOSS S_RTT S_SENT S_RECV < <(run_load "$P2")
 printf "%-12s %10s %8s %9s %9s %9s\n" server "msgs/s" "loss%" "rtt_ms" sent recv

@@ -141,15 +141,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let server = turn::TurnServer::start(config.turn.clone())
             .await
             .context("cannot start the STUN/TURN server (use --no-turn to run without it)")?;
-        for a in server.udp_addrs() {
-            println!("listening turn-udp {a}");
-        }
-        for a in server.tcp_addrs() {
-            println!("listening turn-tcp {a}");
-        }
-        for a in server.tls_addrs() {
-            println!("listening turn-tls {a}");
-        }
+        crate::turn_cmd::print_listeners(&server);
         let host = ice_host(&config, server.udp_addrs().first().map(|a| a.ip()));
         if let Some(a) = server.udp_addrs().first() {
             ice_template.push((vec![format!("stun:{host}:{}", a.port())], false));

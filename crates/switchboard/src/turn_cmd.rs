@@ -97,19 +97,25 @@ impl TurnArgs {
     }
 }
 
+/// Prints `listening turn-udp|turn-tcp|turn-tls ADDR` for every bound listener (tests and scripts read these).
+pub fn print_listeners(server: &TurnServer) {
+    let kinds = [
+        ("turn-udp", server.udp_addrs()),
+        ("turn-tcp", server.tcp_addrs()),
+        ("turn-tls", server.tls_addrs()),
+    ];
+    for (kind, addrs) in kinds {
+        for a in addrs {
+            println!("listening {kind} {a}");
+        }
+    }
+}
+
 pub async fn run(args: TurnArgs) -> anyhow::Result<()> {
     let server = TurnServer::start(args.to_config())
         .await
         .context("starting the TURN server")?;
-    for a in server.udp_addrs() {
-        println!("listening turn-udp {a}");
-    }
-    for a in server.tcp_addrs() {
-        println!("listening turn-tcp {a}");
-    }
-    for a in server.tls_addrs() {
-        println!("listening turn-tls {a}");
-    }
+    print_listeners(&server);
     tokio::signal::ctrl_c()
         .await
         .context("waiting for ctrl-c")?;

@@ -96,6 +96,20 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
+/// Send a datagram without a task switch when the socket buffer has room.
+async fn udp_send(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result<()> {
+    match socket.try_send_to(data, to) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            socket.send_to(data, to).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Most datagrams handled per wakeup before yielding to other tasks.
+const BATCH: usize = 64;
+
 /// Common handling of an [`Output`] for all client transports.
 async fn dispatch(
     shared: &Arc<Shared>,
@@ -115,7 +129,7 @@ async fn dispatch(
             true
         }
         Output::ToPeer { relay, peer, data } => {
-            if let Err(e) = relay.socket.send_to(data, peer).await {
+            if let Err(e) = udp_send(&relay.socket, data, peer).await {
                 debug!(%peer, error = %e, "relay send failed");
                 metrics::counter!("turn_dropped_packets_total", "reason" => "send_error")
                     .increment(1);
@@ -125,9 +139,7 @@ async fn dispatch(
     };
     if send_reply && !reply.is_empty() {
         match sink {
-            ClientSink::Udp { socket, addr } => {
-                socket.send_to(reply, *addr).await?;
-            }
+            ClientSink::Udp { socket, addr } => udp_send(socket, reply, *addr).await?,
             ClientSink::Stream(w) => {
                 w.lock().await.write_all(reply).await?;
             }
@@ -140,30 +152,43 @@ async fn dispatch(
 async fn relay_task(shared: Arc<Shared>, id: AllocId, relay: RelayHandle, sink: ClientSink) {
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(65536 + 64);
+    let cancelled = relay.cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
-        let (n, peer) = tokio::select! {
-            _ = relay.cancel.cancelled() => break,
-            r = relay.socket.recv_from(&mut buf) => match r {
+        tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            r = relay.socket.readable() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "relay socket error");
+                    break;
+                }
+            }
+        }
+        for _ in 0..BATCH {
+            let (n, peer) = match relay.socket.try_recv_from(&mut buf) {
                 Ok(v) => v,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     debug!(error = %e, "relay recv error");
-                    continue;
+                    break;
                 }
-            },
-        };
-        let ok = shared
-            .core()
-            .handle_peer(Instant::now(), id, peer, &buf[..n], &mut out);
-        if !ok {
-            continue;
-        }
-        let res = match &sink {
-            ClientSink::Udp { socket, addr } => socket.send_to(&out, *addr).await.map(|_| ()),
-            ClientSink::Stream(w) => w.lock().await.write_all(&out).await,
-        };
-        if let Err(e) = res {
-            debug!(error = %e, "send to client failed");
-            metrics::counter!("turn_dropped_packets_total", "reason" => "send_error").increment(1);
+            };
+            let ok = shared
+                .core()
+                .handle_peer(Instant::now(), id, peer, &buf[..n], &mut out);
+            if !ok {
+                continue;
+            }
+            let res = match &sink {
+                ClientSink::Udp { socket, addr } => udp_send(socket, &out, *addr).await,
+                ClientSink::Stream(w) => w.lock().await.write_all(&out).await,
+            };
+            if let Err(e) = res {
+                debug!(error = %e, "send to client failed");
+                metrics::counter!("turn_dropped_packets_total", "reason" => "send_error")
+                    .increment(1);
+            }
         }
     }
 }
@@ -172,35 +197,47 @@ async fn relay_task(shared: Arc<Shared>, id: AllocId, relay: RelayHandle, sink: 
 pub(crate) async fn udp_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr) {
     let mut buf = vec![0u8; 65536];
     let mut out = Vec::with_capacity(2048);
+    let cancelled = shared.cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
-        let (n, from) = tokio::select! {
-            _ = shared.cancel.cancelled() => break,
-            r = socket.recv_from(&mut buf) => match r {
+        tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    warn!(error = %e, "udp listener error");
+                    break;
+                }
+            }
+        }
+        for _ in 0..BATCH {
+            let (n, from) = match socket.try_recv_from(&mut buf) {
                 Ok(v) => v,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     debug!(error = %e, "udp recv error");
-                    continue;
+                    break;
                 }
-            },
-        };
-        let ft = FiveTuple {
-            client: from,
-            server: local,
-            transport: Transport::Udp,
-        };
-        let cancel = &shared.cancel;
-        let action =
-            shared
-                .core()
-                .handle_client(Instant::now(), ft, &buf[..n], &mut out, &mut |addr| {
-                    bind_relay(addr, cancel)
-                });
-        let sink = ClientSink::Udp {
-            socket: socket.clone(),
-            addr: from,
-        };
-        if let Err(e) = dispatch(&shared, action, &out, &sink).await {
-            debug!(error = %e, client = %from, "udp send failed");
+            };
+            let ft = FiveTuple {
+                client: from,
+                server: local,
+                transport: Transport::Udp,
+            };
+            let cancel = &shared.cancel;
+            let action =
+                shared
+                    .core()
+                    .handle_client(Instant::now(), ft, &buf[..n], &mut out, &mut |addr| {
+                        bind_relay(addr, cancel)
+                    });
+            let sink = ClientSink::Udp {
+                socket: socket.clone(),
+                addr: from,
+            };
+            if let Err(e) = dispatch(&shared, action, &out, &sink).await {
+                debug!(error = %e, client = %from, "udp send failed");
+            }
         }
     }
 }
