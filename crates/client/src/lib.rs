@@ -4,6 +4,15 @@
 //! (`{"type":"chat","text":...,"ts":...}` on `data`) and the same file framing (16 KiB chunks between JSON
 //! `start`/`end` messages, SHA-256 verified by the receiver, which answers `ack`).
 //!
+//! ICE is complete: host candidates, server-reflexive candidates (STUN Binding to the `stun:` URLs of
+//! `joined.ice_servers`) and relayed candidates (a TURN allocation per peer connection on the `turn:` URLs, UDP
+//! first, TCP when UDP fails), trickled to the peer as they are gathered. [`RoomOptions::relay_only`] is the
+//! browser's `iceTransportPolicy: "relay"`; [`RoomOptions::ice_servers_override`] replaces the server's list
+//! (e.g. with an external coturn).
+//!
+//! Media needs no codec: [`RoomOptions::publish_ivf`] sends a VP8 IVF file (looped) and Opus silence,
+//! [`RoomOptions::record_dir`] writes what peers send to IVF (VP8) and Ogg (Opus) files.
+//!
 //! ```no_run
 //! use client::{Room, RoomEvent};
 //!
@@ -26,12 +35,16 @@
 
 mod error;
 mod file;
+mod ice;
+mod media;
 mod peer;
+mod relay;
 mod room;
 mod signaling;
 
 pub use error::Error;
 pub use file::{sha256_file, ReceivedFile, FILE_CHUNK};
+pub use ice::IceServer;
 pub use peer::{ChannelKind, FileDelivery, PeerState};
-pub use room::{Room, RoomEvent, RoomOptions, SignalingState};
+pub use room::{ConnectOptions, Room, RoomEvent, RoomOptions, SignalingState};
 pub use signaling::{dev_token, CandidateInit, ParticipantInfo, ServerUrl, PROTOCOL_VERSION};

@@ -10,12 +10,18 @@ use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
+use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::file::{FileControl, Incoming, ReceivedFile};
+use crate::ice::IceConfig;
+use crate::media::{IvfWriter, MediaConfig, OggOpusWriter, OutFrame};
+use crate::relay::{binding_request, binding_response, TurnAlloc, TurnEvent};
 use crate::signaling::{CandidateInit, ClientMsg};
 
 /// Send-side back-pressure thresholds of the file channel (as the SDK).
@@ -171,6 +177,16 @@ pub(crate) enum PeerEvent {
         size: u64,
     },
     File(ReceivedFile),
+    /// A local candidate was gathered (SDP `candidate:` string, relay transport if relayed).
+    LocalCandidate {
+        candidate: String,
+        relay_protocol: Option<&'static str>,
+    },
+    /// Something worth showing (a relay that could not be allocated, ...).
+    Warning {
+        code: &'static str,
+        message: String,
+    },
     Closed,
 }
 
@@ -185,6 +201,12 @@ pub(crate) enum PeerOut {
 pub(crate) struct PeerConfig {
     pub host_ips: Vec<IpAddr>,
     pub max_file_bytes: u64,
+    /// STUN and TURN servers.
+    pub ice: Arc<IceConfig>,
+    /// Only relayed candidates (the browser's `iceTransportPolicy: "relay"`).
+    pub relay_only: bool,
+    /// Published and recorded media.
+    pub media: MediaConfig,
 }
 
 /// The local addresses to offer as host candidates: 127.0.0.1 and every non-loopback interface address
@@ -255,6 +277,53 @@ struct Packet {
     destination: SocketAddr,
 }
 
+/// Input from the network tasks.
+enum NetIn {
+    /// A datagram on a host socket.
+    Host(Packet),
+    /// Bytes from TURN server `idx` (one datagram, or one frame of a TCP stream).
+    Turn { idx: usize, data: Vec<u8> },
+    /// The TCP connection to TURN server `idx` is up.
+    TurnUp { idx: usize, local: SocketAddr },
+    /// The transport to TURN server `idx` failed.
+    TurnDown { idx: usize, reason: String },
+}
+
+enum TurnIo {
+    Pending,
+    Udp(Arc<UdpSocket>),
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+/// One TURN allocation of this peer connection and its transport.
+struct TurnSlot {
+    alloc: TurnAlloc,
+    io: TurnIo,
+    local: Option<SocketAddr>,
+    /// Index in `IceConfig::turn`.
+    server: usize,
+    tcp: bool,
+    announced: bool,
+}
+
+/// A STUN Binding in flight for a server-reflexive candidate.
+struct BindingTxn {
+    base: SocketAddr,
+    server: SocketAddr,
+    bytes: Vec<u8>,
+    sent: u32,
+    next: Instant,
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 struct Peer {
     remote_id: String,
     polite: bool,
@@ -277,6 +346,36 @@ struct Peer {
     state: PeerState,
     disconnected_since: Option<Instant>,
     flush_needed: bool,
+    net_tx: mpsc::Sender<NetIn>,
+    turns: Vec<TurnSlot>,
+    bindings: HashMap<[u8; 12], BindingTxn>,
+    /// Server-reflexive and relayed candidates (re-added when the `Rtc` is replaced).
+    extra_candidates: Vec<Candidate>,
+    /// A local description was sent: later candidates are trickled.
+    described: bool,
+    /// `a=mid` of our first m-line (for trickled candidates).
+    mid: Option<String>,
+    tasks: AbortOnDrop,
+    media_rx: Option<broadcast::Receiver<Arc<OutFrame>>>,
+    /// Audio and video m-lines (ours and the remote's).
+    mids: Vec<(Mid, MediaKind)>,
+    /// Video m-lines that got a keyframe (frames before it are not sent).
+    video_started: Vec<Mid>,
+    rec_video: Option<IvfWriter>,
+    rec_audio: Option<OggOpusWriter>,
+    keyframe_requested: Option<Instant>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Release the relays at once rather than letting them time out.
+        let now = Instant::now();
+        for slot in &mut self.turns {
+            if let (Some(b), TurnIo::Udp(sock)) = (slot.alloc.deallocate(now), &slot.io) {
+                let _ = sock.try_send(&b);
+            }
+        }
+    }
 }
 
 fn new_rtc() -> Rtc {
@@ -291,10 +390,15 @@ async fn run_peer(
     out: mpsc::UnboundedSender<PeerOut>,
     mut cmd_rx: mpsc::UnboundedReceiver<PeerCmd>,
 ) -> Result<(), crate::Error> {
-    let (net_tx, mut net_rx) = mpsc::channel::<Packet>(4096);
+    let (net_tx, mut net_rx) = mpsc::channel::<NetIn>(4096);
     let mut sockets = Vec::new();
     let mut readers = Vec::new();
-    for ip in &config.host_ips {
+    let host_ips = if config.relay_only {
+        Vec::new()
+    } else {
+        config.host_ips.clone()
+    };
+    for ip in &host_ips {
         let sock = match UdpSocket::bind(SocketAddr::new(*ip, 0)).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -305,7 +409,7 @@ async fn run_peer(
         let local = sock.local_addr()?;
         let (s, tx) = (sock.clone(), net_tx.clone());
         readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
+            let mut buf = vec![0u8; 4096];
             loop {
                 match s.recv_from(&mut buf).await {
                     Ok((n, source)) => {
@@ -314,7 +418,7 @@ async fn run_peer(
                             source,
                             destination: local,
                         };
-                        if tx.send(p).await.is_err() {
+                        if tx.send(NetIn::Host(p)).await.is_err() {
                             break;
                         }
                     }
@@ -327,21 +431,11 @@ async fn run_peer(
         }));
         sockets.push(sock);
     }
-    drop(net_tx);
-    if sockets.is_empty() {
+    if sockets.is_empty() && !config.relay_only {
         return Err(crate::Error::Io(std::io::Error::other(
             "no local address to bind a UDP socket to",
         )));
     }
-    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for h in &self.0 {
-                h.abort();
-            }
-        }
-    }
-    let _readers = AbortOnDrop(readers);
 
     let mut peer = Peer {
         polite: local_id > remote_id,
@@ -365,8 +459,23 @@ async fn run_peer(
         state: PeerState::Connecting,
         disconnected_since: None,
         flush_needed: false,
+        net_tx,
+        turns: Vec::new(),
+        bindings: HashMap::new(),
+        extra_candidates: Vec::new(),
+        described: false,
+        mid: None,
+        tasks: AbortOnDrop(readers),
+        media_rx: None,
+        mids: Vec::new(),
+        video_started: Vec::new(),
+        rec_video: None,
+        rec_audio: None,
+        keyframe_requested: None,
     };
+    peer.media_rx = peer.config.media.publish.as_ref().map(|t| t.subscribe());
     peer.add_local_candidates();
+    peer.start_gathering();
     tracing::debug!(peer = %peer.remote_id, polite = peer.polite, offer_first, "peer task started");
     if offer_first {
         peer.make_offer(false);
@@ -374,9 +483,25 @@ async fn run_peer(
 
     enum Wake {
         Timeout,
-        Net(Packet),
+        Net(NetIn),
         Cmd(Option<PeerCmd>),
         Frame(Option<FileFrame>),
+        Media(Option<Arc<OutFrame>>),
+    }
+
+    async fn next_media(
+        rx: &mut Option<broadcast::Receiver<Arc<OutFrame>>>,
+    ) -> Option<Arc<OutFrame>> {
+        let Some(r) = rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            match r.recv().await {
+                Ok(f) => return Some(f),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 
     async fn next_frame(jobs: &mut VecDeque<FileJob>) -> Option<FileFrame> {
@@ -396,6 +521,10 @@ async fn run_peer(
         timeout = timeout.min(peer.drain());
         peer.check_timers();
         timeout = timeout.min(peer.drain());
+        if let Some(t) = peer.gather_timers(Instant::now()) {
+            timeout = timeout.min(t);
+        }
+        timeout = timeout.min(peer.drain());
         let now = Instant::now();
         if peer.hold.is_some() || !peer.outbox.is_empty() {
             timeout = timeout.min(now + Duration::from_millis(20));
@@ -409,6 +538,7 @@ async fn run_peer(
             p = net_rx.recv() => match p { Some(p) => Wake::Net(p), None => return Ok(()) },
             c = cmd_rx.recv() => Wake::Cmd(c),
             f = next_frame(&mut peer.jobs), if can_pull => Wake::Frame(f),
+            m = next_media(&mut peer.media_rx) => Wake::Media(m),
         };
         match wake {
             Wake::Timeout => {
@@ -416,14 +546,7 @@ async fn run_peer(
                     tracing::warn!(error = %e, "rtc timeout handling failed");
                 }
             }
-            Wake::Net(p) => {
-                let Ok(recv) = Receive::new(Protocol::Udp, p.source, p.destination, &p.data) else {
-                    continue;
-                };
-                if let Err(e) = peer.rtc.handle_input(Input::Receive(Instant::now(), recv)) {
-                    tracing::debug!(error = %e, "rtc input rejected");
-                }
-            }
+            Wake::Net(n) => peer.on_net(n),
             Wake::Cmd(None) => {
                 peer.rtc.disconnect();
                 return Ok(());
@@ -431,6 +554,8 @@ async fn run_peer(
             Wake::Cmd(Some(cmd)) => peer.on_cmd(cmd),
             Wake::Frame(Some(frame)) => peer.write_frame(frame),
             Wake::Frame(None) => peer.finish_job(),
+            Wake::Media(Some(f)) => peer.send_media(&f),
+            Wake::Media(None) => peer.media_rx = None,
         }
     }
 }
@@ -444,6 +569,527 @@ impl Peer {
                     self.rtc.add_local_candidate(c);
                 }
                 Err(e) => tracing::debug!(%addr, error = %e, "bad host candidate"),
+            }
+        }
+        for c in self.extra_candidates.clone() {
+            self.rtc.add_local_candidate(c);
+        }
+    }
+
+    /// Adds a gathered server-reflexive or relayed candidate; trickles it if our description went out.
+    fn add_gathered_candidate(&mut self, c: Candidate, relay_protocol: Option<&'static str>) {
+        self.extra_candidates.push(c.clone());
+        let Some(added) = self.rtc.add_local_candidate(c) else {
+            return;
+        };
+        let sdp = added.to_sdp_string();
+        tracing::debug!(peer = %self.remote_id, candidate = %sdp, "local candidate gathered");
+        if self.described {
+            self.signal(ClientMsg::Candidate {
+                to: self.remote_id.clone(),
+                candidate: Some(CandidateInit {
+                    candidate: sdp.clone(),
+                    sdp_mid: self.mid.clone(),
+                    sdp_mline_index: Some(0),
+                    username_fragment: None,
+                }),
+            });
+        }
+        self.emit(PeerEvent::LocalCandidate {
+            candidate: sdp,
+            relay_protocol,
+        });
+        self.drain();
+    }
+
+    /// Notes that a local description was sent (and its first `a=mid`).
+    fn described(&mut self, sdp: &str) {
+        self.described = true;
+        if let Some(mid) = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=mid:"))
+            .map(|m| m.trim().to_string())
+        {
+            self.mid = Some(mid);
+        }
+    }
+
+    /// Starts STUN Bindings (server-reflexive candidates) and TURN allocations (relayed candidates).
+    fn start_gathering(&mut self) {
+        let ice = self.config.ice.clone();
+        let now = Instant::now();
+        if !self.config.relay_only {
+            for server in &ice.stun {
+                for sock in &self.sockets {
+                    let Ok(base) = sock.local_addr() else {
+                        continue;
+                    };
+                    // Same family, and loopback sockets only reach loopback servers (and vice versa).
+                    if base.is_ipv4() != server.is_ipv4()
+                        || base.ip().is_loopback() != server.ip().is_loopback()
+                    {
+                        continue;
+                    }
+                    let mut bytes = Vec::new();
+                    let Ok(tid) = binding_request(&mut bytes) else {
+                        continue;
+                    };
+                    let _ = sock.try_send_to(&bytes, *server);
+                    self.bindings.insert(
+                        tid.0,
+                        BindingTxn {
+                            base,
+                            server: *server,
+                            bytes,
+                            sent: 1,
+                            next: now + Duration::from_millis(300),
+                        },
+                    );
+                }
+            }
+        }
+        for (i, t) in ice.turn.iter().enumerate() {
+            if t.udp.is_some() {
+                self.start_turn(i, false);
+            } else if t.tcp.is_some() {
+                self.start_turn(i, true);
+            }
+        }
+        if self.config.relay_only && self.turns.is_empty() {
+            self.emit(PeerEvent::Warning {
+                code: "no_relay",
+                message:
+                    "relay-only mode but no TURN server is configured: the peer cannot connect"
+                        .into(),
+            });
+        }
+    }
+
+    /// Opens the transport to TURN server `server` and starts an allocation.
+    fn start_turn(&mut self, server: usize, tcp: bool) {
+        let Some(t) = self.config.ice.turn.get(server) else {
+            return;
+        };
+        let Some(addr) = (if tcp { t.tcp } else { t.udp }) else {
+            return;
+        };
+        let idx = self.turns.len();
+        let mut slot = TurnSlot {
+            alloc: TurnAlloc::new(addr, tcp, &t.username, &t.password),
+            io: TurnIo::Pending,
+            local: None,
+            server,
+            tcp,
+            announced: false,
+        };
+        let tx = self.net_tx.clone();
+        if tcp {
+            let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(1024);
+            slot.io = TurnIo::Tcp(wtx);
+            self.tasks.0.push(tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let conn = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await;
+                let stream = match conn {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let _ = tx
+                            .send(NetIn::TurnDown {
+                                idx,
+                                reason: e.to_string(),
+                            })
+                            .await;
+                        return;
+                    }
+                    Err(_) => {
+                        let reason = "connect timed out".to_string();
+                        let _ = tx.send(NetIn::TurnDown { idx, reason }).await;
+                        return;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let local = match stream.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = tx
+                            .send(NetIn::TurnDown {
+                                idx,
+                                reason: e.to_string(),
+                            })
+                            .await;
+                        return;
+                    }
+                };
+                let (mut rd, mut wr) = stream.into_split();
+                let writer = tokio::spawn(async move {
+                    while let Some(b) = wrx.recv().await {
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                struct AbortWriter(tokio::task::JoinHandle<()>);
+                impl Drop for AbortWriter {
+                    fn drop(&mut self) {
+                        self.0.abort();
+                    }
+                }
+                let _writer = AbortWriter(writer);
+                if tx.send(NetIn::TurnUp { idx, local }).await.is_err() {
+                    return;
+                }
+                let mut buf: Vec<u8> = Vec::with_capacity(8192);
+                let mut chunk = vec![0u8; 8192];
+                let reason = loop {
+                    // Split the stream into STUN messages and (padded) ChannelData frames.
+                    loop {
+                        match stun::stream_frame_len(&buf) {
+                            Ok(Some(n)) if buf.len() >= n => {
+                                let frame: Vec<u8> = buf.drain(..n).collect();
+                                if tx.send(NetIn::Turn { idx, data: frame }).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => break,
+                            Err(e) => {
+                                let _ = tx
+                                    .send(NetIn::TurnDown {
+                                        idx,
+                                        reason: format!("bad framing: {e}"),
+                                    })
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                    match rd.read(&mut chunk).await {
+                        Ok(0) => break "closed by the server".to_string(),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                let _ = tx.send(NetIn::TurnDown { idx, reason }).await;
+            }));
+            self.turns.push(slot);
+            return;
+        }
+        let bind_ip: IpAddr = match (addr.ip().is_loopback(), addr.is_ipv4()) {
+            (true, _) => addr.ip(),
+            (false, true) => IpAddr::from([0, 0, 0, 0]),
+            (false, false) => IpAddr::from([0u16; 8]),
+        };
+        let sock = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))
+            .and_then(|s| s.connect(addr).map(|_| s))
+            .and_then(|s| s.set_nonblocking(true).map(|_| s))
+            .and_then(UdpSocket::from_std);
+        let sock = match sock {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::warn!(server = %addr, error = %e, "cannot open a UDP socket to the TURN server");
+                slot.alloc.transport_failed(&e.to_string());
+                self.turns.push(slot);
+                self.turn_events(idx);
+                return;
+            }
+        };
+        slot.local = sock.local_addr().ok();
+        let s = sock.clone();
+        self.tasks.0.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match s.recv(&mut buf).await {
+                    Ok(n) => {
+                        let data = buf[..n].to_vec();
+                        if tx.send(NetIn::Turn { idx, data }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        let reason = "no TURN server at this address (port unreachable)".into();
+                        let _ = tx.send(NetIn::TurnDown { idx, reason }).await;
+                        return;
+                    }
+                    Err(e) => tracing::trace!(error = %e, "turn socket recv error"),
+                }
+            }
+        }));
+        slot.io = TurnIo::Udp(sock);
+        slot.alloc.start(Instant::now());
+        self.turns.push(slot);
+        self.flush_turn(idx);
+    }
+
+    /// Sends what allocation `idx` has for its server.
+    fn flush_turn(&mut self, idx: usize) {
+        let Some(slot) = self.turns.get_mut(idx) else {
+            return;
+        };
+        while let Some(b) = slot.alloc.poll_transmit() {
+            match &slot.io {
+                TurnIo::Udp(s) => {
+                    let _ = s.try_send(&b);
+                }
+                TurnIo::Tcp(tx) => {
+                    // A full writer queue drops the datagram, as a congested network would.
+                    let _ = tx.try_send(b);
+                }
+                TurnIo::Pending => {}
+            }
+        }
+    }
+
+    /// Handles what allocation `idx` reports (relayed candidate, failure and TCP fallback).
+    fn turn_events(&mut self, idx: usize) {
+        loop {
+            let Some(slot) = self.turns.get_mut(idx) else {
+                return;
+            };
+            let Some(ev) = slot.alloc.poll_event() else {
+                return;
+            };
+            match ev {
+                TurnEvent::Allocated { relayed, .. } => {
+                    let local = slot.local.unwrap_or(relayed);
+                    let proto = if slot.tcp { "tcp" } else { "udp" };
+                    let first = !slot.announced;
+                    slot.announced = true;
+                    tracing::info!(peer = %self.remote_id, server = %slot.alloc.server, %relayed, transport = proto, "TURN allocation ready");
+                    if first {
+                        match Candidate::relayed(relayed, local, "udp") {
+                            Ok(c) => self.add_gathered_candidate(c, Some(proto)),
+                            Err(e) => tracing::warn!(error = %e, "bad relayed candidate"),
+                        }
+                    }
+                }
+                TurnEvent::Failed(reason) => {
+                    let (server, tcp) = (slot.server, slot.tcp);
+                    let has_tcp = self
+                        .config
+                        .ice
+                        .turn
+                        .get(server)
+                        .is_some_and(|t| t.tcp.is_some());
+                    let tried_tcp = self.turns.iter().any(|s| s.server == server && s.tcp);
+                    if !tcp && has_tcp && !tried_tcp {
+                        tracing::info!(peer = %self.remote_id, %reason, "TURN over UDP failed, trying TCP");
+                        self.start_turn(server, true);
+                        continue;
+                    }
+                    tracing::warn!(peer = %self.remote_id, %reason, "TURN allocation failed");
+                    let alive = self.turns.iter().any(|s| !s.alloc.is_failed());
+                    if self.config.relay_only && !alive {
+                        self.emit(PeerEvent::Warning {
+                            code: "relay_failed",
+                            message: format!("no TURN relay could be allocated: {reason}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs STUN and TURN timers; returns when they want to run next.
+    fn gather_timers(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for i in 0..self.turns.len() {
+            if self.turns[i].alloc.poll_timeout().is_some_and(|t| t <= now) {
+                self.turns[i].alloc.handle_timeout(now);
+                self.flush_turn(i);
+                self.turn_events(i);
+            }
+            if let Some(t) = self.turns[i].alloc.poll_timeout() {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        let mut gone = Vec::new();
+        for (tid, b) in self.bindings.iter_mut() {
+            if b.next <= now {
+                if b.sent >= 4 {
+                    gone.push(*tid);
+                    continue;
+                }
+                if let Some(sock) = self
+                    .sockets
+                    .iter()
+                    .find(|s| s.local_addr().ok() == Some(b.base))
+                {
+                    let _ = sock.try_send_to(&b.bytes, b.server);
+                }
+                b.sent += 1;
+                b.next = now + Duration::from_millis(300u64 << b.sent);
+            }
+            next = Some(next.map_or(b.next, |n| n.min(b.next)));
+        }
+        for tid in gone {
+            if let Some(b) = self.bindings.remove(&tid) {
+                tracing::debug!(server = %b.server, "no answer from the STUN server");
+            }
+        }
+        next
+    }
+
+    /// Sends a published frame on every m-line of its kind (video from a keyframe on).
+    fn send_media(&mut self, f: &OutFrame) {
+        if self.state != PeerState::Connected {
+            return;
+        }
+        let codec = match f.kind {
+            MediaKind::Audio => Codec::Opus,
+            MediaKind::Video => Codec::Vp8,
+        };
+        let mids: Vec<Mid> = self
+            .mids
+            .iter()
+            .filter(|(_, k)| *k == f.kind)
+            .map(|(m, _)| *m)
+            .collect();
+        for mid in mids {
+            if f.kind == MediaKind::Video && !self.video_started.contains(&mid) {
+                if !f.keyframe {
+                    continue;
+                }
+                self.video_started.push(mid);
+            }
+            let Some(w) = self.rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = w
+                .payload_params()
+                .find(|p| p.spec().codec == codec)
+                .map(|p| p.pt())
+            else {
+                continue;
+            };
+            if let Err(e) = w.write(pt, Instant::now(), f.time, f.data.clone()) {
+                tracing::trace!(%mid, error = %e, "media write failed");
+            }
+        }
+        self.drain();
+    }
+
+    /// Writes received VP8 to `<dir>/<peer id>-video.ivf` and Opus to `<dir>/<peer id>-audio.ogg`.
+    fn record(&mut self, d: MediaData) {
+        let Some(dir) = self.config.media.record_dir.clone() else {
+            return;
+        };
+        match d.params.spec().codec {
+            Codec::Vp8 => {
+                if self.rec_video.is_none() {
+                    let path = dir.join(format!("{}-video.ivf", self.remote_id));
+                    match IvfWriter::create(&path) {
+                        Ok(w) => self.rec_video = Some(w),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot record video");
+                            return;
+                        }
+                    }
+                }
+                let t = d.time.rebase(Frequency::NINETY_KHZ).numer();
+                let written = match self.rec_video.as_mut().map(|w| w.write(t, &d.data)) {
+                    Some(Ok(w)) => w,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "video recording failed");
+                        self.rec_video = None;
+                        return;
+                    }
+                    None => return,
+                };
+                let due = self
+                    .keyframe_requested
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(1));
+                if !written && due {
+                    self.keyframe_requested = Some(Instant::now());
+                    if let Some(mut w) = self.rtc.writer(d.mid) {
+                        let _ = w.request_keyframe(d.rid, KeyframeRequestKind::Pli);
+                    }
+                }
+            }
+            Codec::Opus => {
+                if self.rec_audio.is_none() {
+                    let path = dir.join(format!("{}-audio.ogg", self.remote_id));
+                    match OggOpusWriter::create(&path) {
+                        Ok(w) => self.rec_audio = Some(w),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot record audio");
+                            return;
+                        }
+                    }
+                }
+                let t = d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer();
+                if let Some(Err(e)) = self.rec_audio.as_mut().map(|w| w.write(t, &d.data)) {
+                    tracing::warn!(error = %e, "audio recording failed");
+                    self.rec_audio = None;
+                }
+            }
+            other => tracing::trace!(codec = ?other, "media of another codec not recorded"),
+        }
+    }
+
+    fn on_net(&mut self, n: NetIn) {
+        let now = Instant::now();
+        match n {
+            NetIn::Host(p) => {
+                if !self.bindings.is_empty() {
+                    if let Some((tid, mapped)) = binding_response(&p.data) {
+                        if let Some(b) = self.bindings.get(&tid.0) {
+                            if b.server == p.source && b.base == p.destination {
+                                let base = b.base;
+                                self.bindings.remove(&tid.0);
+                                match mapped {
+                                    Some(m) if m != base => {
+                                        match Candidate::server_reflexive(m, base, "udp") {
+                                            Ok(c) => self.add_gathered_candidate(c, None),
+                                            Err(e) => tracing::debug!(error = %e, "bad srflx"),
+                                        }
+                                    }
+                                    Some(_) => {
+                                        tracing::debug!(%base, "server-reflexive address equals the host address")
+                                    }
+                                    None => tracing::debug!(%base, "STUN Binding failed"),
+                                }
+                                return;
+                            }
+                        }
+                    }
+                }
+                let Ok(recv) = Receive::new(Protocol::Udp, p.source, p.destination, &p.data) else {
+                    return;
+                };
+                if let Err(e) = self.rtc.handle_input(Input::Receive(now, recv)) {
+                    tracing::debug!(error = %e, "rtc input rejected");
+                }
+            }
+            NetIn::Turn { idx, data } => {
+                let Some(slot) = self.turns.get_mut(idx) else {
+                    return;
+                };
+                let relayed = slot.alloc.relayed();
+                let got = slot.alloc.handle_input(&data, now);
+                if let (Some((peer, payload)), Some(relayed)) = (got, relayed) {
+                    if let Ok(recv) = Receive::new(Protocol::Udp, peer, relayed, &payload) {
+                        if let Err(e) = self.rtc.handle_input(Input::Receive(now, recv)) {
+                            tracing::debug!(error = %e, "rtc input rejected");
+                        }
+                    }
+                }
+                self.flush_turn(idx);
+                self.turn_events(idx);
+            }
+            NetIn::TurnUp { idx, local } => {
+                if let Some(slot) = self.turns.get_mut(idx) {
+                    slot.local = Some(local);
+                    slot.alloc.start(now);
+                }
+                self.flush_turn(idx);
+            }
+            NetIn::TurnDown { idx, reason } => {
+                if let Some(slot) = self.turns.get_mut(idx) {
+                    slot.alloc.transport_failed(&reason);
+                }
+                self.turn_events(idx);
             }
         }
     }
@@ -473,6 +1119,17 @@ impl Peer {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => return t,
                 Ok(Output::Transmit(t)) => {
+                    if let Some(i) = self
+                        .turns
+                        .iter()
+                        .position(|s| s.alloc.relayed() == Some(t.source))
+                    {
+                        self.turns[i]
+                            .alloc
+                            .send_to(t.destination, &t.contents, Instant::now());
+                        self.flush_turn(i);
+                        continue;
+                    }
                     let sock = self
                         .sockets
                         .iter()
@@ -546,6 +1203,13 @@ impl Peer {
                 }
             }
             Event::Closed => self.set_state(PeerState::Closed),
+            Event::MediaAdded(m) => {
+                tracing::debug!(peer = %self.remote_id, mid = %m.mid, kind = ?m.kind, dir = ?m.direction, "media added");
+                if !self.mids.iter().any(|(x, _)| *x == m.mid) {
+                    self.mids.push((m.mid, m.kind));
+                }
+            }
+            Event::MediaData(d) => self.record(d),
             _ => {}
         }
     }
@@ -785,6 +1449,9 @@ impl Peer {
             self.channels = None;
             self.open = [false; 3];
             self.remote_set = false;
+            self.described = false;
+            self.mids.clear();
+            self.video_started.clear();
             self.add_local_candidates();
             self.drain();
         }
@@ -805,6 +1472,20 @@ impl Peer {
                 }));
             }
             new_channels = Some([ids[0], ids[1], ids[2]]);
+            if self.config.media.enabled() {
+                let dir = if self.config.media.publish.is_some() {
+                    Direction::SendRecv
+                } else {
+                    Direction::RecvOnly
+                };
+                for kind in [MediaKind::Audio, MediaKind::Video] {
+                    if self.mids.iter().any(|(_, k)| *k == kind) {
+                        continue; // the remote's offer brought one
+                    }
+                    let mid = api.add_media(kind, dir, Some("switchboard".into()), None, None);
+                    self.mids.push((mid, kind));
+                }
+            }
         }
         if ice_restart {
             api.ice_restart(true);
@@ -815,9 +1496,11 @@ impl Peer {
         }
         if let Some((offer, pending)) = applied {
             self.pending = Some((pending, Instant::now()));
+            let sdp = offer.to_sdp_string();
+            self.described(&sdp);
             self.signal(ClientMsg::Offer {
                 to: self.remote_id.clone(),
-                sdp: offer.to_sdp_string(),
+                sdp,
             });
         }
         self.drain();
@@ -851,9 +1534,11 @@ impl Peer {
         };
         self.negotiated = true;
         self.remote_set = true;
+        let sdp = answer.to_sdp_string();
+        self.described(&sdp);
         self.signal(ClientMsg::Answer {
             to: self.remote_id.clone(),
-            sdp: answer.to_sdp_string(),
+            sdp,
         });
         self.apply_early_candidates();
         if self.channels.is_none() {

@@ -121,6 +121,16 @@ pub enum RoomEvent {
         /// The file and its checksum verdict.
         file: ReceivedFile,
     },
+    /// A local ICE candidate was gathered for the connection to a participant (server-reflexive via
+    /// STUN, relayed via TURN; host candidates are not reported).
+    LocalCandidate {
+        /// The remote participant.
+        participant: ParticipantInfo,
+        /// The `candidate:...` SDP attribute (`typ srflx`, `typ relay`).
+        candidate: String,
+        /// For a relayed candidate: how the TURN server is reached (`udp` or `tcp`).
+        relay_protocol: Option<String>,
+    },
     /// The signaling connection changed state.
     Signaling(SignalingState),
     /// An `error` from the server, or a local problem worth showing.
@@ -146,7 +156,20 @@ pub struct RoomOptions {
     pub max_file_bytes: u64,
     /// Reconnect and resume when the signaling socket drops.
     pub reconnect: bool,
+    /// Use only relayed (TURN) candidates, as the browser's `iceTransportPolicy: "relay"`.
+    pub relay_only: bool,
+    /// STUN/TURN servers to use instead of the `ice_servers` the signaling server sends (e.g. an external
+    /// coturn). `Some(vec![])` disables STUN and TURN.
+    pub ice_servers_override: Option<Vec<crate::IceServer>>,
+    /// Publish this VP8 IVF file as a video track (looped at its frame rate), with an Opus silence track.
+    pub publish_ivf: Option<std::path::PathBuf>,
+    /// Record every participant's VP8 video to `<dir>/<participant id>-video.ivf` and Opus audio to
+    /// `<dir>/<participant id>-audio.ogg`.
+    pub record_dir: Option<std::path::PathBuf>,
 }
+
+/// Another name for [`RoomOptions`].
+pub type ConnectOptions = RoomOptions;
 
 impl Default for RoomOptions {
     fn default() -> Self {
@@ -154,6 +177,10 @@ impl Default for RoomOptions {
             host_ips: None,
             max_file_bytes: 1 << 30,
             reconnect: true,
+            relay_only: false,
+            ice_servers_override: None,
+            publish_ivf: None,
+            record_dir: None,
         }
     }
 }
@@ -213,6 +240,21 @@ impl Room {
     /// ```
     pub async fn connect_with(url: &str, token: &str, options: RoomOptions) -> Result<Room, Error> {
         let ws_url = signaling::ServerUrl::parse(url)?.ws;
+        let (publish, tasks) = match &options.publish_ivf {
+            Some(p) => {
+                let (tx, tasks) = crate::media::start_publisher(p)?;
+                (Some(tx), Some(tasks))
+            }
+            None => (None, None),
+        };
+        if let Some(d) = &options.record_dir {
+            std::fs::create_dir_all(d)?;
+        }
+        let media = crate::media::MediaConfig {
+            publish,
+            record_dir: options.record_dir.clone(),
+            tasks,
+        };
         let (ws, joined) = signaling::open_and_join(&ws_url, token, None).await?;
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -223,6 +265,14 @@ impl Room {
             .as_ref()
             .map(|r| r.name.clone())
             .unwrap_or_default();
+        let ice = crate::ice::resolve_ice_servers(
+            options
+                .ice_servers_override
+                .as_deref()
+                .unwrap_or(&joined.ice_servers),
+        )
+        .await;
+        tracing::debug!(?ice, "ICE servers");
         let mut actor = Actor {
             url: ws_url,
             token: token.to_string(),
@@ -233,7 +283,11 @@ impl Room {
             peer_cfg: PeerConfig {
                 host_ips: options.host_ips.clone().unwrap_or_else(default_host_ips),
                 max_file_bytes: options.max_file_bytes,
+                ice: Arc::new(ice),
+                relay_only: options.relay_only,
+                media,
             },
+            ice_override: options.ice_servers_override.is_some(),
             events: ev_tx,
             peer_tx,
             reconnect: options.reconnect,
@@ -525,6 +579,7 @@ struct Actor {
     participants: HashMap<String, ParticipantInfo>,
     peers: HashMap<String, PeerHandle>,
     peer_cfg: PeerConfig,
+    ice_override: bool,
     events: mpsc::UnboundedSender<RoomEvent>,
     peer_tx: mpsc::UnboundedSender<PeerOut>,
     reconnect: bool,
@@ -649,6 +704,11 @@ impl Actor {
     async fn try_reconnect(&mut self) {
         match signaling::open_and_join(&self.url, &self.token, self.resume_token.clone()).await {
             Ok((ws, joined)) => {
+                if !self.ice_override {
+                    // Fresh TURN credentials for the peer connections created from now on.
+                    let ice = crate::ice::resolve_ice_servers(&joined.ice_servers).await;
+                    self.peer_cfg.ice = Arc::new(ice);
+                }
                 self.ws = Some(ws);
                 self.attempt = 0;
                 self.last_pong = Instant::now();
@@ -900,6 +960,18 @@ impl Actor {
                 size,
             },
             PeerEvent::File(file) => RoomEvent::FileReceived { from: p, file },
+            PeerEvent::LocalCandidate {
+                candidate,
+                relay_protocol,
+            } => RoomEvent::LocalCandidate {
+                participant: p,
+                candidate,
+                relay_protocol: relay_protocol.map(str::to_string),
+            },
+            PeerEvent::Warning { code, message } => RoomEvent::Error {
+                code: code.to_string(),
+                message: format!("{}: {message}", p.display_name()),
+            },
             PeerEvent::Closed => {
                 // The peer task ended on its own (str0m closed): forget it so a new offer starts afresh.
                 self.peers.remove(&from);

@@ -102,7 +102,6 @@ pub(crate) enum ClientMsg {
         to: String,
         sdp: String,
     },
-    #[allow(dead_code)]
     Candidate {
         to: String,
         candidate: Option<CandidateInit>,
@@ -125,6 +124,8 @@ pub(crate) struct Joined {
     pub resumed: bool,
     #[serde(default)]
     pub room: Option<RoomInfo>,
+    #[serde(default)]
+    pub ice_servers: Vec<crate::IceServer>,
 }
 
 /// Room description from `joined`.

@@ -3,6 +3,8 @@
 //! stdin lines are sent as chat to everyone; incoming chat is printed as `<name>: text` on stdout.
 //! `--send-file` sends a file once peers are connected and waits for their checksum confirmation;
 //! `--receive-dir` stores received files (after verifying their SHA-256).
+//! `--relay-only` connects through TURN only; `--ice-servers JSON` replaces the server's STUN/TURN list.
+//! `--publish FILE.ivf` sends a VP8 file (looped) and Opus silence; `--record DIR` writes what peers send.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -43,10 +45,41 @@ pub struct JoinArgs {
     /// Only offer 127.0.0.1 as ICE host candidate.
     #[arg(long)]
     pub loopback_only: bool,
+    /// Connect through TURN only (relayed candidates; the browser's iceTransportPolicy "relay").
+    #[arg(long)]
+    pub relay_only: bool,
+    /// STUN/TURN servers to use instead of the server's, as JSON like the browser's iceServers:
+    /// '[{"urls":["turn:host:3478?transport=udp"],"username":"u","credential":"p"}]'.
+    #[arg(long, value_name = "JSON")]
+    pub ice_servers: Option<String>,
+    /// Publish this VP8 IVF file as video (looped at its frame rate) plus an Opus silence track, e.g. made
+    /// with `ffmpeg -f lavfi -i testsrc=size=320x240:rate=15 -t 5 -c:v libvpx -g 15 out.ivf`.
+    #[arg(long, value_name = "FILE.ivf")]
+    pub publish: Option<PathBuf>,
+    /// Record each participant's video (VP8) to DIR/<id>-video.ivf and audio (Opus) to DIR/<id>-audio.ogg.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
 }
 
 pub async fn run(args: JoinArgs) -> anyhow::Result<()> {
     let server = ServerUrl::parse(&args.url)?;
+    let ice_servers_override = match &args.ice_servers {
+        Some(json) => Some(
+            serde_json::from_str::<Vec<client::IceServer>>(json)
+                .context("--ice-servers must be a JSON array of {urls, username, credential}")?,
+        ),
+        None => None,
+    };
+    if let Some(f) = &args.publish {
+        let head = tokio::fs::read(f)
+            .await
+            .with_context(|| format!("cannot read {}", f.display()))?;
+        anyhow::ensure!(
+            head.len() >= 32 && &head[0..4] == b"DKIF" && &head[8..12] == b"VP80",
+            "{} is not a VP8 IVF file (make one with: ffmpeg -f lavfi -i testsrc=size=320x240:rate=15 -t 5 -c:v libvpx -g 15 out.ivf)",
+            f.display()
+        );
+    }
     let token = match &args.token {
         Some(t) => t.clone(),
         None => {
@@ -75,6 +108,10 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<()> {
         host_ips: args
             .loopback_only
             .then(|| vec!["127.0.0.1".parse().expect("valid IP literal")]),
+        relay_only: args.relay_only,
+        ice_servers_override,
+        publish_ivf: args.publish.clone(),
+        record_dir: args.record.clone(),
         ..Default::default()
     };
     let room = match Room::connect_with(&server.ws, &token, options).await {
@@ -137,7 +174,8 @@ async fn session(args: &JoinArgs, room: Arc<Room>) -> anyhow::Result<()> {
                 }
                 None => {
                     stdin_open = false;
-                    if send_task.is_none() && !waiting_to_send && args.receive_dir.is_none() {
+                    let media = args.publish.is_some() || args.record.is_some();
+                    if send_task.is_none() && !waiting_to_send && args.receive_dir.is_none() && !media {
                         return Ok(());
                     }
                 }
@@ -177,9 +215,20 @@ async fn session(args: &JoinArgs, room: Arc<Room>) -> anyhow::Result<()> {
                         eprintln!("* signaling disconnected");
                     }
                     RoomEvent::Error { code, message } => {
-                        eprintln!("! server error {code}: {message}");
+                        if matches!(code.as_str(), "no_relay" | "relay_failed") {
+                            eprintln!("! {message}");
+                        } else {
+                            eprintln!("! server error {code}: {message}");
+                        }
                         if matches!(code.as_str(), "unauthorized" | "forbidden" | "room_full" | "unsupported_protocol" | "replaced") {
                             anyhow::bail!("the server ended the session ({code}): {message}");
+                        }
+                    }
+                    RoomEvent::LocalCandidate { participant, candidate, relay_protocol } => {
+                        if let Some(proto) = relay_protocol {
+                            eprintln!("* relayed candidate for {} (TURN over {proto}): {candidate}", participant.display_name());
+                        } else {
+                            tracing::info!(peer = %participant.display_name(), %candidate, "local candidate");
                         }
                     }
                     RoomEvent::ParticipantUpdated(_) | RoomEvent::Data { .. } => {}
