@@ -318,6 +318,41 @@ export class Lab {
     return { side, page, name, id, console: consoleLines };
   }
 
+  /**
+   * Starts the native CLI (`switchboard join <ORIGIN> ...args`) inside the client namespace `side`, its output
+   * collected line by line. Returns {proc, pid, stdout, stderr, exited, log(), wait()}; killed by PID in close().
+   */
+  startCli(side, args, { env = {} } = {}) {
+    // `ip netns exec` execs the command: the PID we get is the CLI's own.
+    const proc = spawn('ip', ['netns', 'exec', this.ns(side), serverBin(), 'join', ORIGIN, ...args], {
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn', NO_COLOR: '1', RUST_BACKTRACE: '0', ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.pids.add(proc.pid);
+    const cli = { proc, pid: proc.pid, stdout: [], stderr: [], exited: null };
+    for (const [which, stream] of [['stdout', proc.stdout], ['stderr', proc.stderr]]) {
+      let buf = '';
+      stream.on('data', (chunk) => {
+        buf += chunk.toString();
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          cli[which].push(stripAnsi(buf.slice(0, i).replace(/\r$/, '')));
+          if (cli[which].length > 4000) cli[which].splice(0, 2000);
+          buf = buf.slice(i + 1);
+        }
+      });
+    }
+    proc.stdin.on('error', () => {}); // EPIPE after the CLI exited
+    proc.on('exit', (code, signal) => {
+      cli.exited = { code, signal };
+      this.pids.delete(proc.pid);
+    });
+    cli.log = (title = 'cli') => `--- ${title} stdout\n${cli.stdout.join('\n')}\n--- ${title} stderr (tail)\n${cli.stderr.slice(-60).join('\n')}`;
+    cli.wait = () => new Promise((resolve) => (cli.exited ? resolve(cli.exited) : proc.on('exit', (code, signal) => resolve({ code, signal }))));
+    this.note(`CLI pid ${proc.pid} in ${this.ns(side)}: join ${args.filter((a) => !/^[\w-]+\.[\w-]+\.[\w-]+$/.test(a)).join(' ')}`);
+    return cli;
+  }
+
   /** GET a path on the server from inside the public namespace (curl); returns the body, or null if unreachable. */
   httpGet(p) {
     try {

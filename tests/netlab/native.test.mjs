@@ -1,0 +1,169 @@
+// The native CLI (`switchboard join`, str0m) behind real NATs (nftables masquerade in network namespaces):
+//   (7) CLI behind a symmetric NAT (A), Chromium behind an endpoint-independent NAT (B): chat both ways and a 5 MiB
+//       file CLI -> browser with a verified SHA-256, through the TURN relay (turn_relayed_bytes_total grows);
+//   (8) CLI <-> CLI, both behind endpoint-independent NATs: a direct pair (hole punching with the server-reflexive
+//       candidates the CLI gathered via STUN), a 2 MiB file arrives with sha256 OK and TURN relays ~0 bytes of it.
+// Run: sudo node --test --test-concurrency=1 tests/netlab/   (see docs/nat-traversal.md)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { until, peerStats, describePair } from './lib/lab.mjs';
+import { withLab, skipReason } from './lib/scenario.mjs';
+
+const MIB = 1024 * 1024;
+// The CLI logs its TURN allocations at info level (client::peer), the rest at warn.
+const CLI_ENV = { RUST_LOG: process.env.RUST_LOG || 'warn,client=info' };
+
+function randomFile(dir, name, size) {
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, crypto.randomBytes(size));
+  return { file, sha256: crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex'), size };
+}
+
+/** Waits for the CLI's `joined room R as N (p_...)` line; returns its participant id. */
+async function cliJoined(cli, fail) {
+  const line = await until(() => cli.stderr.find((l) => l.startsWith('joined room')) || cli.exited, { timeout: 20000, what: 'CLI joined' }).catch((e) =>
+    assert.fail(fail(e.message)),
+  );
+  assert.ok(typeof line === 'string', fail(`CLI exited before joining: ${JSON.stringify(cli.exited)}`));
+  const id = line.match(/\((p_[^)]+)\)/)?.[1];
+  assert.ok(id, fail(`no participant id in "${line}"`));
+  return id;
+}
+
+const waitLine = (cli, stream, pred, what, fail, timeout = 20000) =>
+  until(() => cli[stream].find(pred) || (cli.exited && Promise.reject(new Error(`CLI exited ${JSON.stringify(cli.exited)}`))), { timeout, what }).catch((e) =>
+    assert.fail(fail(e.message)),
+  );
+
+/** Stops a CLI: stdin EOF (leave), then SIGINT; resolves with its exit status (close() SIGKILLs leftovers). */
+async function stopCli(cli) {
+  if (cli.exited) return cli.exited;
+  cli.proc.stdin.end();
+  try {
+    return await until(() => cli.exited, { timeout: 3000, interval: 100, what: 'CLI exit on EOF' });
+  } catch (_) {
+    try {
+      process.kill(cli.pid, 'SIGINT');
+    } catch (_e) {
+      /* gone */
+    }
+    return until(() => cli.exited, { timeout: 5000, interval: 100, what: 'CLI exit on SIGINT' }).catch(() => null);
+  }
+}
+
+/** UDP conntrack entries of router `r` (with byte counters when accounting is on), one line each. */
+function conntrackUdp(lab, r) {
+  try {
+    return lab.exec(r, 'conntrack', ['-L', '-p', 'udp'], 5000).split('\n').filter((l) => l.trim());
+  } catch (e) {
+    return [`(conntrack failed: ${e.message.split('\n')[0]})`];
+  }
+}
+
+test('(7) native CLI behind a symmetric NAT + Chromium behind an EIM NAT: chat both ways, 5 MiB file via TURN', { skip: skipReason || false, timeout: 100000 }, async (t) => {
+  await withLab(t, 'cli-symmetric', { a: { nat: 'symmetric' }, b: { nat: 'eim' } }, async ({ lab }) => {
+    const room = 'cli-sym-room';
+    const web = await lab.join('b', room, 'Web');
+    const f = randomFile(lab.tmp, 'from-cli.bin', 5 * MIB + 77);
+    const before = lab.turnRelayedBytes();
+    const cli = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'cli-a', 'CLI'), '--name', 'CLI', '--send-file', f.file], { env: CLI_ENV });
+    const fail = (what) => `${what}\n${cli.log()}\nbrowser console (tail):\n${web.console.slice(-20).join('\n')}\nserver log (tail):\n${(lab.server?.log || []).slice(-20).join('\n')}`;
+    const cliId = await cliJoined(cli, fail);
+
+    await web.page
+      .waitForFunction(
+        (id) => ['data', 'file'].every((k) => window.switchboardApp.room.peers.get(id)?.channels?.[k]?.readyState === 'open'),
+        cliId,
+        { timeout: 30000 },
+      )
+      .catch((e) => assert.fail(fail(`browser data channels to the CLI: ${e.message}`)));
+    await waitLine(cli, 'stderr', (l) => l === '* connected to Web', 'CLI connected to Web', fail);
+
+    await web.page.evaluate(() => window.switchboardApp.sendChat('hello from behind NAT B'));
+    await waitLine(cli, 'stdout', (l) => l === 'Web: hello from behind NAT B', 'chat at the CLI', fail, 15000);
+    cli.proc.stdin.write('hello from behind the symmetric NAT\n');
+    await until(() => web.page.evaluate(() => window.switchboardApp.chat.some((m) => !m.mine && m.from === 'CLI' && m.text === 'hello from behind the symmetric NAT')), {
+      timeout: 15000,
+      what: 'chat in the browser',
+    }).catch((e) => assert.fail(fail(e.message)));
+
+    const got = await until(() => web.page.evaluate(() => window.switchboardApp.files.find((x) => x.name === 'from-cli.bin')), {
+      timeout: 60000,
+      interval: 500,
+      what: 'CLI file in the browser',
+    }).catch((e) => assert.fail(fail(e.message)));
+    assert.equal(got.checksumOk, true, fail(`browser checksum: ${JSON.stringify(got)}`));
+    assert.equal(got.size, f.size);
+    assert.equal(got.sha256, f.sha256);
+    assert.equal(got.from, cliId);
+    await waitLine(cli, 'stdout', (l) => l === `sent ${f.file} to Web (${f.size} bytes, sha256 OK)`, 'CLI send confirmation', fail);
+
+    const s = (await peerStats(web.page))[cliId];
+    lab.note(`Web (B) selected pair to the CLI: ${describePair(s)}`);
+    for (const l of cli.stderr.filter((x) => /relayed candidate|TURN allocation ready|TURN over UDP failed/.test(x))) lab.note(`CLI: ${l.trim()}`);
+    assert.equal(s?.path, 'relay', fail(`the browser's pair to the CLI goes through the relay: ${describePair(s)}`));
+    const relayed = lab.turnRelayedBytes() - before;
+    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total) for chat + a ${f.size}-byte file`);
+    assert.ok(relayed > 0, `TURN relayed bytes (${relayed})`);
+    assert.ok(relayed >= f.size, `TURN relayed at least the file (${relayed} < ${f.size})`);
+
+    const st = await stopCli(cli);
+    assert.equal(st?.code, 0, fail(`CLI exit status ${JSON.stringify(st)}`));
+  });
+});
+
+test('(8) native CLI <-> native CLI behind EIM NATs: direct pair, 2 MiB file with sha256 OK, TURN relays ~0 bytes', { skip: skipReason || false, timeout: 80000 }, async (t) => {
+  await withLab(t, 'cli-direct', { a: { nat: 'eim' }, b: { nat: 'eim' } }, async ({ lab }) => {
+    const room = 'cli-direct-room';
+    // Byte counters on the routers' conntrack entries: shows which flows carried the file.
+    for (const r of ['ra', 'rb']) lab.exec(r, 'sysctl', ['-qw', 'net.netfilter.nf_conntrack_acct=1']);
+    const recvDir = path.join(lab.tmp, 'recv-b');
+    const f = randomFile(lab.tmp, 'a-to-b.bin', 2 * MIB + 33);
+    const bee = lab.startCli('b', ['--room', room, '--token', lab.token(room, 'bee-b', 'Bee'), '--name', 'Bee', '--receive-dir', recvDir], { env: CLI_ENV });
+    const fail0 = (what) => `${what}\n${bee.log('Bee')}\nserver log (tail):\n${(lab.server?.log || []).slice(-20).join('\n')}`;
+    await cliJoined(bee, fail0);
+
+    const before = lab.turnRelayedBytes();
+    const ay = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'ay-a', 'Ay'), '--name', 'Ay', '--send-file', f.file, '--exit-after-send'], { env: CLI_ENV });
+    const fail = (what) => `${what}\n${ay.log('Ay')}\n${bee.log('Bee')}\nserver log (tail):\n${(lab.server?.log || []).slice(-20).join('\n')}`;
+    await cliJoined(ay, fail);
+    await waitLine(bee, 'stderr', (l) => l === '* connected to Ay', 'Bee connected to Ay', fail, 30000);
+
+    const recvPath = path.join(recvDir, 'a-to-b.bin');
+    await waitLine(bee, 'stdout', (l) => l === `received ${recvPath} (${f.size} bytes, sha256 OK) from Ay`, 'Bee received the file', fail, 40000);
+    await waitLine(ay, 'stdout', (l) => l === `sent ${f.file} to Bee (${f.size} bytes, sha256 OK)`, 'Ay send confirmation', fail);
+    const relayed = lab.turnRelayedBytes() - before;
+    assert.equal(crypto.createHash('sha256').update(fs.readFileSync(recvPath)).digest('hex'), f.sha256, 'file on disk matches');
+    const st = await until(() => ay.exited, { timeout: 10000, interval: 100, what: 'Ay exits after sending (--exit-after-send)' }).catch((e) => assert.fail(fail(e.message)));
+    assert.equal(st.code, 0, fail(`Ay exit status ${JSON.stringify(st)}`));
+
+    // Chat both ways (a fresh CLI in A, the direct path again).
+    const cee = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'cee-a', 'Cee'), '--name', 'Cee'], { env: CLI_ENV });
+    const failC = (what) => `${fail(what)}\n${cee.log('Cee')}`;
+    await cliJoined(cee, failC);
+    await waitLine(cee, 'stderr', (l) => l === '* connected to Bee', 'Cee connected to Bee', failC, 30000);
+    cee.proc.stdin.write('hi from A\n');
+    await waitLine(bee, 'stdout', (l) => l === 'Cee: hi from A', 'chat at Bee', failC, 15000);
+    bee.proc.stdin.write('hi from B\n');
+    await waitLine(cee, 'stdout', (l) => l === 'Bee: hi from B', 'chat at Cee', failC, 15000);
+
+    // Path info: the CLI does not report its selected pair; the routers' conntrack shows the flows between the two
+    // public NAT addresses (A 203.0.113.10 <-> B 203.0.113.20) and their byte counts.
+    const direct = conntrackUdp(lab, 'ra').filter((l) => l.includes('dst=203.0.113.20'));
+    for (const l of direct) lab.note(`router A conntrack (direct flow): ${l.replace(/\s+/g, ' ').trim()}`);
+    for (const l of [...ay.stderr, ...bee.stderr].filter((x) => /relayed candidate|TURN allocation ready/.test(x)).slice(0, 4)) lab.note(`CLI: ${l.trim()}`);
+    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total) from Ay's join to the end of its ${f.size}-byte file`);
+    const flowBytes = direct.map((l) => [...l.matchAll(/bytes=(\d+)/g)].reduce((s, m) => s + Number(m[1]), 0));
+    assert.ok(direct.length > 0, fail(`no UDP flow A -> 203.0.113.20 in router A's conntrack:\n${conntrackUdp(lab, 'ra').join('\n')}`));
+    assert.ok(Math.max(...flowBytes) > f.size, `the file went over a direct flow between the NATs (bytes per flow: ${flowBytes})`);
+    assert.ok(relayed < 50000, `TURN relayed ~0 bytes of the file (${relayed} bytes; ICE checks of relay candidates cost a few kB)`);
+
+    for (const c of [cee, bee]) {
+      const s = await stopCli(c);
+      assert.equal(s?.code, 0, failC(`CLI exit status ${JSON.stringify(s)}`));
+    }
+  });
+});
