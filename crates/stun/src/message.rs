@@ -217,6 +217,18 @@ impl<'a> MessageRef<'a> {
     pub fn xor_peer_address(&self) -> Result<Option<SocketAddr>, StunError> {
         self.addr(attr_type::XOR_PEER_ADDRESS)
     }
+    /// Every XOR-RELAYED-ADDRESS (a dual allocation answer carries two, RFC 8656 §7.3).
+    pub fn xor_relayed_addresses(
+        &self,
+    ) -> impl Iterator<Item = Result<SocketAddr, StunError>> + 'a {
+        let tid = self.tid;
+        self.effective_attributes()
+            .filter(|a| a.typ == attr_type::XOR_RELAYED_ADDRESS)
+            .map(move |a| match Attribute::decode(a.typ, a.value, &tid)? {
+                Attribute::XorRelayedAddress(s) => Ok(s),
+                _ => Err(StunError::MalformedAttribute(a.typ)),
+            })
+    }
     /// Every XOR-PEER-ADDRESS (CreatePermission may carry several).
     pub fn xor_peer_addresses(&self) -> impl Iterator<Item = Result<SocketAddr, StunError>> + 'a {
         let tid = self.tid;

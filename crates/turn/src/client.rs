@@ -6,9 +6,21 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use stun::{
-    long_term_key, ChannelData, Class, Message, MessageType, MessageWriter, Method, StunError,
-    TransactionId, CHANNEL_MIN,
+    attr_type, long_term_key, long_term_key_sha256, AddressFamily, Attribute, ChannelData, Class,
+    Message, MessageType, MessageWriter, Method, StunError, TransactionId, CHANNEL_MIN,
+    PASSWORD_ALGORITHM_SHA256,
 };
+
+/// Password algorithm for long-term credentials (RFC 8489 §9.2.2, §18.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PasswordAlgorithm {
+    /// MD5 key, MESSAGE-INTEGRITY (RFC 5389 behaviour; no algorithm attributes are sent).
+    #[default]
+    Md5,
+    /// SHA-256 key, PASSWORD-ALGORITHM + echoed PASSWORD-ALGORITHMS, MESSAGE-INTEGRITY-SHA256.
+    /// Fails with a protocol error if the server does not offer SHA-256.
+    Sha256,
+}
 use tokio::net::UdpSocket;
 use tokio::time::{timeout_at, Instant};
 
@@ -45,7 +57,9 @@ pub struct TurnClient {
     password: String,
     realm: Option<String>,
     nonce: Option<String>,
-    key: Option<[u8; 16]>,
+    key: Option<Vec<u8>>,
+    /// PASSWORD-ALGORITHMS value from the last challenge (echoed with SHA-256).
+    offered_algorithms: Option<Vec<u8>>,
     relayed: Option<SocketAddr>,
     mapped: Option<SocketAddr>,
     channels: HashMap<SocketAddr, u16>,
@@ -57,6 +71,15 @@ pub struct TurnClient {
     stale_nonce_retries: u32,
     /// Total time to wait for a response (retransmitting with doubling RTO from 200 ms).
     pub request_timeout: Duration,
+    /// Send DONT-FRAGMENT in Allocate (the server then sets DF on relayed datagrams).
+    pub dont_fragment: bool,
+    /// Password algorithm for authenticated requests (set before the first request).
+    pub password_algorithm: PasswordAlgorithm,
+    /// REQUESTED-ADDRESS-FAMILY for Allocate (None: server default, IPv4).
+    pub requested_family: Option<AddressFamily>,
+    /// ADDITIONAL-ADDRESS-FAMILY for Allocate (IPv6: dual allocation).
+    pub additional_family: Option<AddressFamily>,
+    relayed_all: Vec<SocketAddr>,
 }
 
 impl TurnClient {
@@ -87,6 +110,7 @@ impl TurnClient {
             realm: None,
             nonce: None,
             key: None,
+            offered_algorithms: None,
             relayed: None,
             mapped: None,
             channels: HashMap::new(),
@@ -97,6 +121,11 @@ impl TurnClient {
             out: Vec::with_capacity(2048),
             stale_nonce_retries: 0,
             request_timeout: Duration::from_secs(3),
+            dont_fragment: false,
+            password_algorithm: PasswordAlgorithm::Md5,
+            requested_family: None,
+            additional_family: None,
+            relayed_all: Vec::new(),
         })
     }
 
@@ -106,6 +135,10 @@ impl TurnClient {
     /// The relayed transport address (after [`TurnClient::allocate`]).
     pub fn relayed_addr(&self) -> Option<SocketAddr> {
         self.relayed
+    }
+    /// Every relayed address (two after a dual allocation).
+    pub fn relayed_addrs(&self) -> &[SocketAddr] {
+        &self.relayed_all
     }
     /// Our address as seen by the server (XOR-MAPPED-ADDRESS).
     pub fn mapped_addr(&self) -> Option<SocketAddr> {
@@ -141,7 +174,18 @@ impl TurnClient {
                         w.add_username(&self.username)?;
                         w.add_realm(realm)?;
                         w.add_nonce(nonce)?;
-                        w.add_message_integrity(key)?;
+                        if self.password_algorithm == PasswordAlgorithm::Sha256 {
+                            if let Some(algs) = &self.offered_algorithms {
+                                w.add_raw(attr_type::PASSWORD_ALGORITHMS, algs)?;
+                            }
+                            w.add(&Attribute::PasswordAlgorithm {
+                                algorithm: PASSWORD_ALGORITHM_SHA256,
+                                params: &[],
+                            })?;
+                            w.add_message_integrity_sha256(key)?;
+                        } else {
+                            w.add_message_integrity(key)?;
+                        }
                     }
                 }
                 w.add_fingerprint()?;
@@ -152,8 +196,12 @@ impl TurnClient {
                 Class::Success => {
                     if authenticated {
                         if let Some(key) = &self.key {
-                            msg.check_integrity(key)
-                                .map_err(|_| ClientError::Protocol("bad response integrity"))?;
+                            if self.password_algorithm == PasswordAlgorithm::Sha256 {
+                                msg.check_integrity_sha256(key)
+                            } else {
+                                msg.check_integrity(key)
+                            }
+                            .map_err(|_| ClientError::Protocol("bad response integrity"))?;
                         }
                     }
                     return Ok(n);
@@ -172,7 +220,29 @@ impl TurnClient {
                             .nonce()?
                             .ok_or(ClientError::Protocol("401 without NONCE"))?
                             .to_string();
-                        self.key = Some(long_term_key(&self.username, &realm, &self.password));
+                        self.key = Some(match self.password_algorithm {
+                            PasswordAlgorithm::Md5 => {
+                                long_term_key(&self.username, &realm, &self.password).to_vec()
+                            }
+                            PasswordAlgorithm::Sha256 => {
+                                let algs = msg
+                                    .raw(attr_type::PASSWORD_ALGORITHMS)
+                                    .map(|a| a.value)
+                                    .ok_or(ClientError::Protocol("no PASSWORD-ALGORITHMS"))?;
+                                let offered = stun::PasswordAlgorithms::from_raw(algs)
+                                    .ok_or(ClientError::Protocol("bad PASSWORD-ALGORITHMS"))?
+                                    .iter()
+                                    .any(|(a, _)| a == PASSWORD_ALGORITHM_SHA256);
+                                if !offered {
+                                    return Err(ClientError::Protocol(
+                                        "server does not offer SHA-256",
+                                    ));
+                                }
+                                self.offered_algorithms = Some(algs.to_vec());
+                                long_term_key_sha256(&self.username, &realm, &self.password)
+                                    .to_vec()
+                            }
+                        });
                         self.realm = Some(realm);
                         self.nonce = Some(nonce);
                         if code == 438 {
@@ -264,14 +334,29 @@ impl TurnClient {
 
     /// Allocate a UDP relay (retrying after 401 with the server's realm and nonce).
     pub async fn allocate(&mut self) -> Result<SocketAddr, ClientError> {
+        let df = self.dont_fragment;
+        let (requested, additional) = (self.requested_family, self.additional_family);
         let n = self
-            .transact(Method::ALLOCATE, true, &|w| w.add_requested_transport(17))
+            .transact(Method::ALLOCATE, true, &|w| {
+                w.add_requested_transport(17)?;
+                if let Some(f) = requested {
+                    w.add(&Attribute::RequestedAddressFamily(f))?;
+                }
+                if let Some(f) = additional {
+                    w.add(&Attribute::AdditionalAddressFamily(f))?;
+                }
+                if df {
+                    w.add_dont_fragment()?;
+                }
+                Ok(())
+            })
             .await?;
         let m = Message::parse(&self.buf[..n])?;
         let relayed = m
             .xor_relayed_address()?
             .ok_or(ClientError::Protocol("no XOR-RELAYED-ADDRESS"))?;
         self.mapped = m.xor_mapped_address()?;
+        self.relayed_all = m.xor_relayed_addresses().collect::<Result<_, _>>()?;
         self.relayed = Some(relayed);
         Ok(relayed)
     }
@@ -334,6 +419,29 @@ impl TurnClient {
                 w.add_xor_peer_address(peer)?;
                 w.add_data(data)?;
             }
+        }
+        self.socket.send_to(&self.out, self.server).await?;
+        Ok(())
+    }
+
+    /// Send `data` to `peer` in a Send indication (never ChannelData); with `dont_fragment` the
+    /// indication carries DONT-FRAGMENT and the server relays it with DF set.
+    pub async fn send_indication(
+        &mut self,
+        data: &[u8],
+        peer: SocketAddr,
+        dont_fragment: bool,
+    ) -> Result<(), ClientError> {
+        self.out.clear();
+        let mut w = MessageWriter::new(
+            &mut self.out,
+            MessageType::new(Method::SEND, Class::Indication),
+            TransactionId(rand::random()),
+        );
+        w.add_xor_peer_address(peer)?;
+        w.add_data(data)?;
+        if dont_fragment {
+            w.add_dont_fragment()?;
         }
         self.socket.send_to(&self.out, self.server).await?;
         Ok(())

@@ -15,8 +15,9 @@ use hmac::{Hmac, Mac};
 use metrics::{Counter, Gauge};
 use sha1::Sha1;
 use stun::{
-    attr_type, long_term_key, AddressFamily, ChannelData, Class, Message, MessageRef, MessageType,
-    MessageWriter, Method, StunError, TransactionId, CHANNEL_MAX_ACCEPTED, CHANNEL_MIN,
+    attr_type, long_term_key, long_term_key_sha256, AddressFamily, ChannelData, Class, Message,
+    MessageRef, MessageType, MessageWriter, Method, StunError, TransactionId, CHANNEL_MAX_ACCEPTED,
+    CHANNEL_MIN, PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORITHM_SHA256,
 };
 use tracing::{debug, info};
 
@@ -50,8 +51,10 @@ pub type AllocId = u64;
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     pub realm: String,
-    /// Static users: name → long-term key.
+    /// Static users: name → long-term key (MD5 password algorithm).
     pub users: HashMap<String, [u8; 16]>,
+    /// Static users: name → long-term key with the SHA-256 password algorithm (RFC 8489 §9.2.2).
+    pub users_sha256: HashMap<String, [u8; 32]>,
     /// TURN REST shared secret.
     pub auth_secret: Option<String>,
     pub policy: PeerPolicy,
@@ -68,6 +71,9 @@ pub struct CoreConfig {
     pub max_lifetime: Duration,
     pub permission_lifetime: Duration,
     pub channel_lifetime: Duration,
+    /// Whether the driver can send relayed datagrams with the DF bit set (DONT-FRAGMENT, RFC 8656
+    /// §7.2). When false an Allocate carrying DONT-FRAGMENT is answered 420.
+    pub dont_fragment: bool,
 }
 
 impl Default for CoreConfig {
@@ -75,6 +81,7 @@ impl Default for CoreConfig {
         CoreConfig {
             realm: "switchboard".into(),
             users: HashMap::new(),
+            users_sha256: HashMap::new(),
             auth_secret: None,
             policy: PeerPolicy::default(),
             relay_v4: Some(IpAddr::from([127, 0, 0, 1])),
@@ -89,6 +96,7 @@ impl Default for CoreConfig {
             max_lifetime: Duration::from_secs(3600),
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
+            dont_fragment: cfg!(target_os = "linux"),
         }
     }
 }
@@ -104,6 +112,8 @@ impl CoreConfig {
         }
         let key = long_term_key(name, &self.realm, pass);
         self.users.insert(name.to_string(), key);
+        let key = long_term_key_sha256(name, &self.realm, pass);
+        self.users_sha256.insert(name.to_string(), key);
         Ok(())
     }
 }
@@ -116,15 +126,26 @@ pub enum Output<'a, R> {
     None,
     /// Send `out` to the client.
     Reply,
-    /// Send `out` to the client and start relaying for the new allocation.
-    Created { id: AllocId, relay: R },
+    /// Send `out` to the client and start relaying for the new allocation. When `dont_fragment` is
+    /// set, every datagram leaving `relay` must carry DF (the client sent DONT-FRAGMENT).
+    /// `relay2` is the IPv6 relay of a dual allocation (ADDITIONAL-ADDRESS-FAMILY): it must also be
+    /// read (data for allocation `id`) and it lives exactly as long as `relay` (only `relay` is
+    /// reported by `Released`, [`Core::tick`] and [`Core::remove_five_tuple`]).
+    Created {
+        id: AllocId,
+        relay: R,
+        relay2: Option<R>,
+        dont_fragment: bool,
+    },
     /// Send `out` to the client; the allocation is gone, stop its relay.
     Released { id: AllocId, relay: R },
-    /// Send `data` from the allocation's relay to `peer`.
+    /// Send `data` from the allocation's relay to `peer` (with DF when `dont_fragment`: a Send
+    /// indication carried DONT-FRAGMENT).
     ToPeer {
         relay: R,
         peer: SocketAddr,
         data: &'a [u8],
+        dont_fragment: bool,
     },
 }
 
@@ -156,6 +177,8 @@ struct Allocation<R> {
     ft: FiveTuple,
     relay_addr: SocketAddr,
     relay: R,
+    /// Second relay of a dual allocation (IPv6 next to the IPv4 `relay`).
+    relay2: Option<(SocketAddr, R)>,
     username: String,
     alloc_tid: TransactionId,
     lifetime: u32,
@@ -167,6 +190,19 @@ struct Allocation<R> {
 }
 
 impl<R> Allocation<R> {
+    /// The relay whose family matches `peer`.
+    fn relay_for(&self, peer: &SocketAddr) -> Option<&R> {
+        if family_of(peer) == family_of(&self.relay_addr) {
+            return Some(&self.relay);
+        }
+        self.relay2
+            .as_ref()
+            .filter(|(a, _)| family_of(a) == family_of(peer))
+            .map(|(_, r)| r)
+    }
+    fn relay2_addr(&self) -> Option<SocketAddr> {
+        self.relay2.as_ref().map(|(a, _)| *a)
+    }
     fn permitted(&self, ip: IpAddr, now: Instant) -> bool {
         self.perms.get(&ip).is_some_and(|exp| *exp > now)
     }
@@ -262,6 +298,28 @@ const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
 /// Why authentication did not succeed (the error response is already in `out`).
 struct Rejected;
 
+/// The RFC 8489 §9.2 nonce cookie: "obMatJos2" + base64 of the 24-bit security feature set with
+/// bit 0 ("Password algorithms") set.
+const NONCE_COOKIE: &str = "obMatJos2gAAA";
+
+/// PASSWORD-ALGORITHMS we offer, in order of preference: SHA-256, MD5 (no parameters).
+const OFFERED_ALGORITHMS: [u8; 8] = [0, 2, 0, 0, 0, 1, 0, 0];
+
+/// A long-term key for one password algorithm, and which integrity attribute the client used
+/// (responses carry the same one, RFC 8489 §9.2.4).
+#[derive(Clone, Copy)]
+struct Key {
+    bytes: [u8; 32],
+    len: usize,
+    sha256_integrity: bool,
+}
+
+impl Key {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// The sans-IO server state.
 pub struct Core<R> {
     cfg: CoreConfig,
@@ -291,6 +349,8 @@ const KNOWN_REQUEST_ATTRS: &[u16] = &[
     attr_type::REQUESTED_TRANSPORT,
     attr_type::EVEN_PORT,
     attr_type::RESERVATION_TOKEN,
+    attr_type::DONT_FRAGMENT,
+    attr_type::ADDITIONAL_ADDRESS_FAMILY,
     attr_type::REQUESTED_ADDRESS_FAMILY,
     attr_type::PASSWORD_ALGORITHM,
     attr_type::USERHASH,
@@ -420,11 +480,16 @@ impl<R: Clone> Core<R> {
             dropped("bandwidth");
             return Output::None;
         }
+        let Some(relay) = alloc.relay_for(&peer).cloned() else {
+            dropped("family_mismatch");
+            return Output::None;
+        };
         self.metrics.client_to_peer.increment(cd.data.len() as u64);
         Output::ToPeer {
-            relay: alloc.relay.clone(),
+            relay,
             peer,
             data: cd.data,
+            dont_fragment: false,
         }
     }
 
@@ -450,11 +515,16 @@ impl<R: Clone> Core<R> {
             dropped("bandwidth");
             return Output::None;
         }
+        let Some(relay) = alloc.relay_for(&peer).cloned() else {
+            dropped("family_mismatch");
+            return Output::None;
+        };
         self.metrics.client_to_peer.increment(data.len() as u64);
         Output::ToPeer {
-            relay: alloc.relay.clone(),
+            relay,
             peer,
             data,
+            dont_fragment: msg.dont_fragment(),
         }
     }
 
@@ -550,6 +620,9 @@ impl<R: Clone> Core<R> {
         let a = self.allocs.remove(&id)?;
         self.by_ft.remove(&a.ft);
         self.ports.release(a.relay_addr.port());
+        if let Some((addr2, _)) = &a.relay2 {
+            self.ports.release(addr2.port());
+        }
         if let Some(n) = self.per_user.get_mut(&a.username) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -626,9 +699,10 @@ impl<R: Clone> Core<R> {
         ft: FiveTuple,
         msg: &MessageRef<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<Result<(String, [u8; 16]), Rejected>, StunError> {
+    ) -> Result<Result<(String, Key), Rejected>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
-        if !msg.has(attr_type::MESSAGE_INTEGRITY) {
+        let sha256_integrity = msg.has(attr_type::MESSAGE_INTEGRITY_SHA256);
+        if !msg.has(attr_type::MESSAGE_INTEGRITY) && !sha256_integrity {
             self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
             return Ok(Err(Rejected));
         }
@@ -650,12 +724,39 @@ impl<R: Clone> Core<R> {
             self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
             return Ok(Err(Rejected));
         }
-        let Some(key) = self.key_for(username, now) else {
+        // Password algorithm (RFC 8489 §9.2.4; our nonces always carry the cookie with bit 0 set):
+        // neither attribute → MD5; otherwise both must be present, PASSWORD-ALGORITHMS must be what we
+        // offered and PASSWORD-ALGORITHM one of them.
+        let offered = msg.raw(attr_type::PASSWORD_ALGORITHMS);
+        let chosen = msg.get(attr_type::PASSWORD_ALGORITHM);
+        let sha256_key = match (offered, chosen) {
+            (None, Ok(None)) => false,
+            (Some(o), Ok(Some(stun::Attribute::PasswordAlgorithm { algorithm, params })))
+                if o.value == OFFERED_ALGORITHMS
+                    && params.is_empty()
+                    && (algorithm == PASSWORD_ALGORITHM_MD5
+                        || algorithm == PASSWORD_ALGORITHM_SHA256) =>
+            {
+                algorithm == PASSWORD_ALGORITHM_SHA256
+            }
+            _ => {
+                auth_failure("bad_password_algorithm");
+                seal(error(out, msg, 400, "Bad Request")?, None, fp)?;
+                return Ok(Err(Rejected));
+            }
+        };
+        let Some(mut key) = self.key_for(username, sha256_key, now) else {
             auth_failure("unknown_user");
             self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
             return Ok(Err(Rejected));
         };
-        if msg.check_integrity(&key).is_err() {
+        key.sha256_integrity = sha256_integrity;
+        let checked = if sha256_integrity {
+            msg.check_integrity_sha256(key.as_slice())
+        } else {
+            msg.check_integrity(key.as_slice())
+        };
+        if checked.is_err() {
             auth_failure("bad_integrity");
             self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
             return Ok(Err(Rejected));
@@ -676,12 +777,32 @@ impl<R: Clone> Core<R> {
         let mut w = error(out, msg, code, reason)?;
         w.add_realm(&self.cfg.realm)?;
         w.add_nonce(&nonce)?;
+        w.add_raw(attr_type::PASSWORD_ALGORITHMS, &OFFERED_ALGORITHMS)?;
         seal(w, None, msg.has(attr_type::FINGERPRINT))
     }
 
-    fn key_for(&self, username: &str, now: Instant) -> Option<[u8; 16]> {
-        if let Some(k) = self.cfg.users.get(username) {
-            return Some(*k);
+    /// Long-term key of `username` for the MD5 or SHA-256 password algorithm.
+    fn key_for(&self, username: &str, sha256: bool, now: Instant) -> Option<Key> {
+        let md5 = |k: &[u8; 16]| {
+            let mut bytes = [0u8; 32];
+            bytes[..16].copy_from_slice(k);
+            Key {
+                bytes,
+                len: 16,
+                sha256_integrity: false,
+            }
+        };
+        let sha = |bytes: [u8; 32]| Key {
+            bytes,
+            len: 32,
+            sha256_integrity: false,
+        };
+        if sha256 {
+            if let Some(k) = self.cfg.users_sha256.get(username) {
+                return Some(sha(*k));
+            }
+        } else if let Some(k) = self.cfg.users.get(username) {
+            return Some(md5(k));
         }
         let secret = self.cfg.auth_secret.as_ref()?;
         let (expiry, _) = username.split_once(':').unwrap_or((username, ""));
@@ -693,7 +814,11 @@ impl<R: Clone> Core<R> {
             return None;
         }
         let password = rest_password(secret, username);
-        Some(long_term_key(username, &self.cfg.realm, &password))
+        Some(if sha256 {
+            sha(long_term_key_sha256(username, &self.cfg.realm, &password))
+        } else {
+            md5(&long_term_key(username, &self.cfg.realm, &password))
+        })
     }
 
     fn nonce_tag(&self, expiry: u64, ip: IpAddr) -> Option<[u8; 8]> {
@@ -709,12 +834,12 @@ impl<R: Clone> Core<R> {
         Some(tag)
     }
 
-    /// Stateless nonce: hex(expiry in ms since the core started) + hex(HMAC(secret, expiry || client IP)).
+    /// Stateless nonce: cookie + hex(expiry in ms since the core started) + hex(HMAC(secret, expiry || client IP)).
     fn make_nonce(&self, ip: IpAddr, now: Instant) -> String {
         let expiry = (now.saturating_duration_since(self.epoch) + self.cfg.nonce_lifetime)
             .as_millis() as u64;
         let tag = self.nonce_tag(expiry, ip).unwrap_or_default();
-        let mut s = format!("{expiry:016x}");
+        let mut s = format!("{NONCE_COOKIE}{expiry:016x}");
         for b in tag {
             s.push_str(&format!("{b:02x}"));
         }
@@ -722,6 +847,9 @@ impl<R: Clone> Core<R> {
     }
 
     fn nonce_valid(&self, nonce: &str, ip: IpAddr, now: Instant) -> bool {
+        let Some(nonce) = nonce.strip_prefix(NONCE_COOKIE) else {
+            return false;
+        };
         if nonce.len() != 32 || !nonce.is_ascii() {
             return false;
         }
@@ -757,7 +885,7 @@ impl<R: Clone> Core<R> {
         out: &mut Vec<u8>,
         bind: &mut dyn FnMut(SocketAddr) -> io::Result<R>,
         username: String,
-        key: [u8; 16],
+        key: Key,
     ) -> Result<Output<'a, R>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
         let fail =
@@ -769,8 +897,9 @@ impl<R: Clone> Core<R> {
         if let Some(a) = self.by_ft.get(&ft).and_then(|id| self.allocs.get(id)) {
             if a.alloc_tid == msg.transaction_id() {
                 // Retransmitted Allocate: resend the success response.
-                let (relay_addr, lifetime) = (a.relay_addr, a.lifetime);
-                self.allocate_success(out, msg, ft, relay_addr, lifetime, &key, false, None)?;
+                let (relay_addr, relay2, lifetime) = (a.relay_addr, a.relay2_addr(), a.lifetime);
+                let relays = (relay_addr, relay2);
+                self.allocate_success(out, msg, ft, relays, lifetime, &key, None, None)?;
                 return Ok(Output::Reply);
             }
             return fail(out, 437, "Allocation Mismatch");
@@ -780,8 +909,9 @@ impl<R: Clone> Core<R> {
             Ok(Some(_)) => return fail(out, 442, "Unsupported Transport Protocol"),
             _ => return fail(out, 400, "Bad Request"),
         }
-        if msg.dont_fragment() {
-            // We cannot set DF on relayed datagrams: treat as unknown (RFC 8656 §7.2).
+        let dont_fragment = msg.dont_fragment();
+        if dont_fragment && !self.cfg.dont_fragment {
+            // The driver cannot set DF on relayed datagrams: treat as unknown (RFC 8656 §7.2).
             let mut w = error(out, msg, 420, "Unknown Attribute")?;
             w.add_unknown_attributes(&[attr_type::DONT_FRAGMENT])?;
             seal(w, Some(&key), fp)?;
@@ -807,7 +937,10 @@ impl<R: Clone> Core<R> {
             (Ok(Some(f)), Ok(None)) => f,
             (Ok(None), _) => AddressFamily::V4,
         };
-        let dual_v6_refused = matches!(additional, Ok(Some(AddressFamily::V6)));
+        let dual = matches!(additional, Ok(Some(AddressFamily::V6)));
+        if dual && token.is_some() {
+            return fail(out, 400, "Bad Request");
+        }
         let ip = match family {
             AddressFamily::V4 => self.cfg.relay_v4,
             AddressFamily::V6 => self.cfg.relay_v6,
@@ -852,6 +985,25 @@ impl<R: Clone> Core<R> {
         let Some((relay_addr, relay)) = bound else {
             return fail(out, 508, "Insufficient Capacity");
         };
+        // Dual allocation: an IPv6 relay next to the IPv4 one; failures are reported in
+        // ADDRESS-ERROR-CODE while the IPv4 allocation succeeds (RFC 8656 §7.2).
+        let mut v6_error = None;
+        let relay2 = match (dual, self.cfg.relay_v6) {
+            (false, _) => None,
+            (true, None) => {
+                v6_error = Some((440, "Address Family not Supported"));
+                None
+            }
+            (true, Some(ip6)) => {
+                let r = self.bind_one(ip6, false, bind);
+                if r.is_none() {
+                    v6_error = Some((508, "Insufficient Capacity"));
+                }
+                r
+            }
+        };
+        let relay2_addr = relay2.as_ref().map(|(a, _)| *a);
+        let relay2_handle = relay2.as_ref().map(|(_, r)| r.clone());
         let lifetime = self.clamp_lifetime(msg.lifetime().ok().flatten());
         let id = self.next_id;
         self.next_id += 1;
@@ -864,6 +1016,7 @@ impl<R: Clone> Core<R> {
                 ft,
                 relay_addr,
                 relay: relay.clone(),
+                relay2,
                 username,
                 alloc_tid: msg.transaction_id(),
                 lifetime,
@@ -883,13 +1036,18 @@ impl<R: Clone> Core<R> {
             out,
             msg,
             ft,
-            relay_addr,
+            (relay_addr, relay2_addr),
             lifetime,
             &key,
-            dual_v6_refused,
+            v6_error,
             new_token,
         )?;
-        Ok(Output::Created { id, relay })
+        Ok(Output::Created {
+            id,
+            relay,
+            relay2: relay2_handle,
+            dont_fragment,
+        })
     }
 
     fn bind_one(
@@ -939,27 +1097,32 @@ impl<R: Clone> Core<R> {
         out: &mut Vec<u8>,
         msg: &MessageRef<'_>,
         ft: FiveTuple,
-        relay_addr: SocketAddr,
+        relays: (SocketAddr, Option<SocketAddr>),
         lifetime: u32,
-        key: &[u8],
-        v6_refused: bool,
+        key: &Key,
+        v6_error: Option<(u16, &str)>,
         token: Option<[u8; 8]>,
     ) -> Result<(), StunError> {
         out.clear();
         let mut w = response(out, msg, Class::Success);
-        w.add_xor_relayed_address(relay_addr)?;
+        w.add_xor_relayed_address(relays.0)?;
+        if let Some(a) = relays.1 {
+            w.add_xor_relayed_address(a)?;
+        }
         w.add_lifetime(lifetime)?;
         w.add_xor_mapped_address(ft.client)?;
         if let Some(t) = token {
             w.add_reservation_token(t)?;
         }
-        if v6_refused {
-            // ADDRESS-ERROR-CODE: family IPv6, 440.
-            let mut v = [0u8; 4 + 28];
-            v[0] = AddressFamily::V6.to_u8();
-            v[2] = 4;
-            v[3] = 40;
-            v[4..].copy_from_slice(b"Address Family not Supported");
+        if let Some((code, reason)) = v6_error {
+            // ADDRESS-ERROR-CODE: family IPv6, class, number, reason.
+            let mut v = vec![
+                AddressFamily::V6.to_u8(),
+                0,
+                (code / 100) as u8,
+                (code % 100) as u8,
+            ];
+            v.extend_from_slice(reason.as_bytes());
             w.add_raw(attr_type::ADDRESS_ERROR_CODE, &v)?;
         }
         w.add_software(SOFTWARE)?;
@@ -973,7 +1136,7 @@ impl<R: Clone> Core<R> {
         msg: &MessageRef<'_>,
         out: &mut Vec<u8>,
         username: &str,
-        key: &[u8],
+        key: &Key,
     ) -> Result<Option<AllocId>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
         let Some(a) = self.by_ft.get(&ft).and_then(|id| self.allocs.get(id)) else {
@@ -995,15 +1158,24 @@ impl<R: Clone> Core<R> {
         msg: &MessageRef<'a>,
         out: &mut Vec<u8>,
         username: &str,
-        key: [u8; 16],
+        key: Key,
     ) -> Result<Output<'a, R>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
         let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
             return Ok(Output::Reply);
         };
-        let relay_family = self.allocs.get(&id).map(|a| family_of(&a.relay_addr));
+        let families: Vec<AddressFamily> = self
+            .allocs
+            .get(&id)
+            .map(|a| {
+                std::iter::once(a.relay_addr)
+                    .chain(a.relay2_addr())
+                    .map(|r| family_of(&r))
+                    .collect()
+            })
+            .unwrap_or_default();
         match msg.requested_address_family() {
-            Ok(Some(f)) if Some(f) != relay_family => {
+            Ok(Some(f)) if !families.contains(&f) => {
                 seal(
                     error(out, msg, 443, "Peer Address Family Mismatch")?,
                     Some(&key),
@@ -1048,14 +1220,16 @@ impl<R: Clone> Core<R> {
     /// Family + policy check of a peer; writes 443/403 into `out` and returns false when refused.
     fn check_peer(
         &self,
-        relay_addr: SocketAddr,
+        relays: (SocketAddr, Option<SocketAddr>),
         peer: SocketAddr,
         msg: &MessageRef<'_>,
         out: &mut Vec<u8>,
-        key: &[u8],
+        key: &Key,
     ) -> Result<bool, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
-        if family_of(&peer) != family_of(&relay_addr) {
+        let family_ok = family_of(&peer) == family_of(&relays.0)
+            || relays.1.is_some_and(|r| family_of(&r) == family_of(&peer));
+        if !family_ok {
             seal(
                 error(out, msg, 443, "Peer Address Family Mismatch")?,
                 Some(key),
@@ -1078,13 +1252,17 @@ impl<R: Clone> Core<R> {
         msg: &MessageRef<'a>,
         out: &mut Vec<u8>,
         username: &str,
-        key: [u8; 16],
+        key: Key,
     ) -> Result<Output<'a, R>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
         let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
             return Ok(Output::Reply);
         };
-        let Some(relay_addr) = self.allocs.get(&id).map(|a| a.relay_addr) else {
+        let Some(relay_addr) = self
+            .allocs
+            .get(&id)
+            .map(|a| (a.relay_addr, a.relay2_addr()))
+        else {
             return Ok(Output::None);
         };
         let mut count = 0;
@@ -1119,13 +1297,17 @@ impl<R: Clone> Core<R> {
         msg: &MessageRef<'a>,
         out: &mut Vec<u8>,
         username: &str,
-        key: [u8; 16],
+        key: Key,
     ) -> Result<Output<'a, R>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
         let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
             return Ok(Output::Reply);
         };
-        let Some(relay_addr) = self.allocs.get(&id).map(|a| a.relay_addr) else {
+        let Some(relay_addr) = self
+            .allocs
+            .get(&id)
+            .map(|a| (a.relay_addr, a.relay2_addr()))
+        else {
             return Ok(Output::None);
         };
         let (Ok(Some(ch)), Ok(Some(peer))) = (msg.channel_number(), msg.xor_peer_address()) else {
@@ -1188,9 +1370,11 @@ fn error<'b>(
     Ok(w)
 }
 
-fn seal(mut w: MessageWriter<'_>, key: Option<&[u8]>, fp: bool) -> Result<(), StunError> {
-    if let Some(k) = key {
-        w.add_message_integrity(k)?;
+fn seal(mut w: MessageWriter<'_>, key: Option<&Key>, fp: bool) -> Result<(), StunError> {
+    match key {
+        Some(k) if k.sha256_integrity => w.add_message_integrity_sha256(k.as_slice())?,
+        Some(k) => w.add_message_integrity(k.as_slice())?,
+        None => {}
     }
     if fp {
         w.add_fingerprint()?;
@@ -1262,6 +1446,200 @@ mod tests {
         let created = matches!(o, Output::Created { .. });
         let m = Message::parse(out).expect("response");
         (m.error_code().expect("ec").map(|(c, _)| c), created)
+    }
+
+    #[test]
+    fn sha256_password_algorithm_and_integrity() {
+        let (mut core, t0) = core(50000, 50010);
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        // 401: nonce cookie with the "password algorithms" bit + PASSWORD-ALGORITHMS (SHA-256, MD5).
+        assert!(n.starts_with("obMatJos2gAAA"), "{n}");
+        let req = request(Method::ALLOCATE, None, |w| {
+            w.add_requested_transport(17).expect("rt")
+        });
+        run(&mut core, t0, ft(), &req, &mut out);
+        let m = Message::parse(&out).expect("m");
+        let algs: Vec<u16> = match m.get(attr_type::PASSWORD_ALGORITHMS).expect("pa") {
+            Some(stun::Attribute::PasswordAlgorithms(p)) => p.iter().map(|(a, _)| a).collect(),
+            other => panic!("no PASSWORD-ALGORITHMS: {other:?}"),
+        };
+        assert_eq!(
+            algs,
+            vec![PASSWORD_ALGORITHM_SHA256, PASSWORD_ALGORITHM_MD5]
+        );
+        let offered = m
+            .raw(attr_type::PASSWORD_ALGORITHMS)
+            .expect("raw")
+            .value
+            .to_vec();
+        let sha_key = long_term_key_sha256("u", "r", "p");
+        let build = |algs: Option<&[u8]>, alg: Option<u16>, key: &[u8], tid: u8| {
+            let mut buf = Vec::new();
+            let mut w = MessageWriter::new(
+                &mut buf,
+                MessageType::new(Method::ALLOCATE, Class::Request),
+                TransactionId([tid; 12]),
+            );
+            w.add_requested_transport(17).expect("rt");
+            w.add_username("u").expect("u");
+            w.add_realm("r").expect("r");
+            w.add_nonce(&n).expect("n");
+            if let Some(a) = algs {
+                w.add_raw(attr_type::PASSWORD_ALGORITHMS, a).expect("pas");
+            }
+            if let Some(a) = alg {
+                w.add(&stun::Attribute::PasswordAlgorithm {
+                    algorithm: a,
+                    params: &[],
+                })
+                .expect("pa");
+            }
+            w.add_message_integrity_sha256(key).expect("mi256");
+            w.add_fingerprint().expect("fp");
+            buf
+        };
+        // PASSWORD-ALGORITHM without PASSWORD-ALGORITHMS, or a tampered list → 400.
+        let req = build(None, Some(PASSWORD_ALGORITHM_SHA256), &sha_key, 1);
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(400));
+        let req = build(
+            Some(&[0, 1, 0, 0]),
+            Some(PASSWORD_ALGORITHM_SHA256),
+            &sha_key,
+            2,
+        );
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(400));
+        // SHA-256 algorithm but MD5 key → 401.
+        let req = build(
+            Some(&offered),
+            Some(PASSWORD_ALGORITHM_SHA256),
+            &long_term_key("u", "r", "p"),
+            3,
+        );
+        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(401));
+        // SHA-256 key + MESSAGE-INTEGRITY-SHA256 → success signed with MESSAGE-INTEGRITY-SHA256.
+        let req = build(Some(&offered), Some(PASSWORD_ALGORITHM_SHA256), &sha_key, 4);
+        let (code, created) = run(&mut core, t0, ft(), &req, &mut out);
+        assert_eq!((code, created), (None, true));
+        let m = Message::parse(&out).expect("m");
+        assert!(!m.has(attr_type::MESSAGE_INTEGRITY));
+        m.check_integrity_sha256(&sha_key)
+            .expect("MI-SHA256 with SHA-256 key");
+        // MD5 algorithm with MESSAGE-INTEGRITY-SHA256 works too (other 5-tuple).
+        let mut ft2 = ft();
+        ft2.client.set_port(5001);
+        let req = build(
+            Some(&offered),
+            Some(PASSWORD_ALGORITHM_MD5),
+            &long_term_key("u", "r", "p"),
+            5,
+        );
+        assert_eq!(run(&mut core, t0, ft2, &req, &mut out), (None, true));
+        let m = Message::parse(&out).expect("m");
+        m.check_integrity_sha256(&long_term_key("u", "r", "p"))
+            .expect("MI-SHA256 with MD5 key");
+    }
+
+    #[test]
+    fn dual_allocation_two_relays() {
+        let (mut core, t0) = core(50000, 50010);
+        core.cfg.relay_v6 = Some("2001:db8::1".parse().expect("ip"));
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        let req = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add(&stun::Attribute::AdditionalAddressFamily(AddressFamily::V6))
+                .expect("aaf");
+        });
+        let mut bound = |a: SocketAddr| Ok::<u16, io::Error>(a.port());
+        let relay2 = match core.handle_client(t0, ft(), &req, &mut out, &mut bound) {
+            Output::Created { relay, relay2, .. } => relay2.filter(|r2| *r2 != relay),
+            _ => panic!("dual allocate refused"),
+        };
+        assert!(relay2.is_some());
+        let m = Message::parse(&out).expect("m");
+        let relays: Vec<SocketAddr> = m.xor_relayed_addresses().map(|r| r.expect("a")).collect();
+        assert_eq!(relays.len(), 2);
+        assert!(relays[0].is_ipv4() && relays[1].is_ipv6());
+        assert!(!m.has(attr_type::ADDRESS_ERROR_CODE));
+        // IPv6 peer goes out of the IPv6 relay.
+        let peer: SocketAddr = "[2001:db8::7]:9000".parse().expect("peer");
+        let perm = request(Method::CREATE_PERMISSION, Some(&n), |w| {
+            w.add_xor_peer_address(peer).expect("p")
+        });
+        assert_eq!(run(&mut core, t0, ft(), &perm, &mut out).0, None);
+        let mut send = Vec::new();
+        let mut w = MessageWriter::new(
+            &mut send,
+            MessageType::new(Method::SEND, Class::Indication),
+            TransactionId(rand::random()),
+        );
+        w.add_xor_peer_address(peer).expect("p");
+        w.add_data(b"x").expect("d");
+        match core.handle_client(t0, ft(), &send, &mut out, &mut bound) {
+            Output::ToPeer { relay, .. } => assert_eq!(Some(relay), relay2),
+            _ => panic!("not relayed"),
+        }
+        // Both ports are released with the allocation.
+        assert_eq!(core.tick(t0 + Duration::from_secs(3600)).len(), 1);
+        assert_eq!(core.ports.used.iter().filter(|u| **u).count(), 0);
+    }
+
+    #[test]
+    fn dont_fragment_allocate_and_send() {
+        let (mut core, t0) = core(50000, 50010);
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        let alloc_df = request(Method::ALLOCATE, Some(&n), |w| {
+            w.add_requested_transport(17).expect("rt");
+            w.add_dont_fragment().expect("df");
+        });
+        // Driver cannot set DF → 420 with UNKNOWN-ATTRIBUTES = DONT-FRAGMENT.
+        core.cfg.dont_fragment = false;
+        assert_eq!(run(&mut core, t0, ft(), &alloc_df, &mut out).0, Some(420));
+        let m = Message::parse(&out).expect("m");
+        let unknown: Vec<u16> = match m.get(attr_type::UNKNOWN_ATTRIBUTES).expect("ua") {
+            Some(stun::Attribute::UnknownAttributes(l)) => l.iter().collect(),
+            other => panic!("no UNKNOWN-ATTRIBUTES: {other:?}"),
+        };
+        assert_eq!(unknown, vec![attr_type::DONT_FRAGMENT]);
+        // Supported → allocation created with DF requested.
+        core.cfg.dont_fragment = true;
+        let mut bound = |a: SocketAddr| Ok::<u16, io::Error>(a.port());
+        match core.handle_client(t0, ft(), &alloc_df, &mut out, &mut bound) {
+            Output::Created { dont_fragment, .. } => assert!(dont_fragment),
+            _ => panic!("DONT-FRAGMENT allocate refused"),
+        }
+        let peer: SocketAddr = "198.51.100.7:9000".parse().expect("peer");
+        let perm = request(Method::CREATE_PERMISSION, Some(&n), |w| {
+            w.add_xor_peer_address(peer).expect("p")
+        });
+        assert_eq!(run(&mut core, t0, ft(), &perm, &mut out).0, None);
+        // Send indication: DF only when DONT-FRAGMENT is present.
+        for df in [true, false] {
+            let mut send = Vec::new();
+            let mut w = MessageWriter::new(
+                &mut send,
+                MessageType::new(Method::SEND, Class::Indication),
+                TransactionId(rand::random()),
+            );
+            w.add_xor_peer_address(peer).expect("p");
+            w.add_data(b"hello").expect("d");
+            if df {
+                w.add_dont_fragment().expect("df");
+            }
+            match core.handle_client(t0, ft(), &send, &mut out, &mut bound) {
+                Output::ToPeer {
+                    dont_fragment,
+                    data,
+                    ..
+                } => {
+                    assert_eq!(dont_fragment, df);
+                    assert_eq!(data, b"hello");
+                }
+                _ => panic!("send indication not relayed"),
+            }
+        }
     }
 
     fn nonce(core: &mut Core<u16>, now: Instant, out: &mut Vec<u8>) -> String {
@@ -1344,18 +1722,13 @@ mod tests {
             |w| w.add_requested_transport(17).expect("rt"),
         );
         assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(438));
-        // TCP relay → 442, missing transport → 400, DONT-FRAGMENT → 420, unknown attribute → 420.
+        // TCP relay → 442, missing transport → 400, unknown attribute → 420.
         let req = request(Method::ALLOCATE, Some(&n), |w| {
             w.add_requested_transport(6).expect("rt")
         });
         assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(442));
         let req = request(Method::ALLOCATE, Some(&n), |_| {});
         assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(400));
-        let req = request(Method::ALLOCATE, Some(&n), |w| {
-            w.add_requested_transport(17).expect("rt");
-            w.add_dont_fragment().expect("df");
-        });
-        assert_eq!(run(&mut core, t0, ft(), &req, &mut out).0, Some(420));
         let req = request(Method::ALLOCATE, Some(&n), |w| {
             w.add_requested_transport(17).expect("rt");
             w.add_raw(0x0042, b"abcd").expect("raw");

@@ -158,6 +158,7 @@ impl TurnConfig {
             default_lifetime: Duration::from_secs(600),
             permission_lifetime: secs(self.permission_lifetime, "permission-lifetime")?,
             channel_lifetime: secs(self.channel_lifetime, "channel-lifetime")?,
+            dont_fragment: server::dont_fragment_supported(),
             ..CoreConfig::default()
         };
         for u in &self.user {

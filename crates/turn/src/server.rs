@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ use crate::core::{AllocId, Core, FiveTuple, Output, Transport};
 pub(crate) struct Relay {
     socket: UdpSocket,
     cancel: CancellationToken,
+    /// DF is set on the socket for every datagram (Allocate with DONT-FRAGMENT).
+    dont_fragment: AtomicBool,
 }
 
 pub(crate) type RelayHandle = Arc<Relay>;
@@ -66,7 +69,115 @@ fn bind_relay(addr: SocketAddr, parent: &CancellationToken) -> io::Result<RelayH
     Ok(Arc::new(Relay {
         socket,
         cancel: parent.child_token(),
+        dont_fragment: AtomicBool::new(false),
     }))
+}
+
+/// Set (or clear) the DF bit for datagrams sent on `sock`: IP_MTU_DISCOVER=IP_PMTUDISC_DO for IPv4,
+/// IPV6_MTU_DISCOVER=IPV6_PMTUDISC_DO + IPV6_DONTFRAG for IPv6. Clearing restores PMTUDISC_WANT.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_dont_fragment(
+    sock: &impl std::os::fd::AsRawFd,
+    v6: bool,
+    on: bool,
+) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let mode = if on {
+        sockopt::PMTUDISC_DO
+    } else {
+        sockopt::PMTUDISC_WANT
+    };
+    if v6 {
+        sockopt::set(fd, sockopt::IPPROTO_IPV6, sockopt::IPV6_MTU_DISCOVER, mode)?;
+        sockopt::set(
+            fd,
+            sockopt::IPPROTO_IPV6,
+            sockopt::IPV6_DONTFRAG,
+            i32::from(on),
+        )
+    } else {
+        sockopt::set(fd, sockopt::IPPROTO_IP, sockopt::IP_MTU_DISCOVER, mode)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_dont_fragment<T>(_sock: &T, _v6: bool, _on: bool) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "DF not supported on this platform",
+    ))
+}
+
+/// Whether this platform lets us set DF on UDP sockets (probed once at start).
+pub(crate) fn dont_fragment_supported() -> bool {
+    std::net::UdpSocket::bind(("127.0.0.1", 0))
+        .and_then(|s| set_dont_fragment(&s, false, true))
+        .is_ok()
+}
+
+/// Raw setsockopt/getsockopt through the C library std already links (socket2 has no
+/// IP_MTU_DISCOVER API). Linux constants.
+#[cfg(target_os = "linux")]
+pub(crate) mod sockopt {
+    use std::ffi::{c_int, c_void};
+    use std::io;
+
+    pub const IPPROTO_IP: c_int = 0;
+    pub const IPPROTO_IPV6: c_int = 41;
+    pub const IP_MTU_DISCOVER: c_int = 10;
+    pub const IPV6_MTU_DISCOVER: c_int = 23;
+    pub const IPV6_DONTFRAG: c_int = 62;
+    pub const PMTUDISC_WANT: c_int = 1;
+    pub const PMTUDISC_DO: c_int = 2;
+
+    extern "C" {
+        fn setsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *const c_void,
+            len: u32,
+        ) -> c_int;
+        #[cfg(test)]
+        fn getsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *mut c_void,
+            len: *mut u32,
+        ) -> c_int;
+    }
+
+    pub fn set(fd: c_int, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
+        // SAFETY: `value` is a live c_int and the length passed is its size.
+        let r = unsafe {
+            setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const c_int).cast(),
+                std::mem::size_of::<c_int>() as u32,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    #[cfg(test)]
+    pub fn get(fd: c_int, level: c_int, name: c_int) -> io::Result<c_int> {
+        let mut value: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as u32;
+        // SAFETY: `value`/`len` are live and `len` holds the buffer size.
+        let r = unsafe { getsockopt(fd, level, name, (&mut value as *mut c_int).cast(), &mut len) };
+        if r == 0 {
+            Ok(value)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
 }
 
 /// Bind a UDP socket with SO_REUSEPORT (so several workers can share one port).
@@ -120,7 +231,31 @@ async fn dispatch(
     let send_reply = match out {
         Output::None => false,
         Output::Reply => true,
-        Output::Created { id, relay } => {
+        Output::Created {
+            id,
+            relay,
+            relay2,
+            dont_fragment,
+        } => {
+            for r in std::iter::once(&relay).chain(relay2.as_ref()) {
+                if dont_fragment {
+                    // The core only accepts DONT-FRAGMENT when the probe at start succeeded.
+                    let v6 = r.socket.local_addr().is_ok_and(|a| a.is_ipv6());
+                    match set_dont_fragment(&r.socket, v6, true) {
+                        Ok(()) => r.dont_fragment.store(true, Ordering::Relaxed),
+                        Err(e) => warn!(error = %e, "could not set DF on relay socket"),
+                    }
+                }
+            }
+            if let Some(r2) = relay2 {
+                // Dual allocation: the IPv6 relay lives and dies with the primary one.
+                tokio::spawn(relay_task(shared.clone(), id, r2.clone(), sink.clone()));
+                let primary = relay.clone();
+                tokio::spawn(async move {
+                    primary.cancel.cancelled().await;
+                    r2.cancel.cancel();
+                });
+            }
             tokio::spawn(relay_task(shared.clone(), id, relay, sink.clone()));
             true
         }
@@ -128,8 +263,25 @@ async fn dispatch(
             relay.cancel.cancel();
             true
         }
-        Output::ToPeer { relay, peer, data } => {
-            if let Err(e) = udp_send(&relay.socket, data, peer).await {
+        Output::ToPeer {
+            relay,
+            peer,
+            data,
+            dont_fragment,
+        } => {
+            // Send indication with DONT-FRAGMENT on a relay without DF: set DF for this datagram only.
+            let toggle = dont_fragment && !relay.dont_fragment.load(Ordering::Relaxed);
+            let v6 = peer.is_ipv6();
+            if toggle {
+                if let Err(e) = set_dont_fragment(&relay.socket, v6, true) {
+                    debug!(error = %e, "could not set DF");
+                }
+            }
+            let res = udp_send(&relay.socket, data, peer).await;
+            if toggle {
+                let _ = set_dont_fragment(&relay.socket, v6, false);
+            }
+            if let Err(e) = res {
                 debug!(%peer, error = %e, "relay send failed");
                 metrics::counter!("turn_dropped_packets_total", "reason" => "send_error")
                     .increment(1);
@@ -412,4 +564,35 @@ pub(crate) fn spawn_all(
     }
     tasks.push(tokio::spawn(sweeper(shared.clone())));
     tasks
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dont_fragment_sets_pmtudisc_do() {
+        for (addr, v6) in [("127.0.0.1:0", false), ("[::1]:0", true)] {
+            let Ok(s) = std::net::UdpSocket::bind(addr) else {
+                continue; // no IPv6 on this host
+            };
+            use std::os::fd::AsRawFd;
+            let (level, name) = if v6 {
+                (sockopt::IPPROTO_IPV6, sockopt::IPV6_MTU_DISCOVER)
+            } else {
+                (sockopt::IPPROTO_IP, sockopt::IP_MTU_DISCOVER)
+            };
+            let get = || sockopt::get(s.as_raw_fd(), level, name).expect("getsockopt");
+            assert_ne!(get(), sockopt::PMTUDISC_DO);
+            set_dont_fragment(&s, v6, true).expect("set DF");
+            assert_eq!(get(), sockopt::PMTUDISC_DO);
+            if v6 {
+                let df = sockopt::get(s.as_raw_fd(), level, sockopt::IPV6_DONTFRAG).expect("get");
+                assert_eq!(df, 1);
+            }
+            set_dont_fragment(&s, v6, false).expect("clear DF");
+            assert_eq!(get(), sockopt::PMTUDISC_WANT);
+        }
+        assert!(dont_fragment_supported());
+    }
 }
