@@ -6,28 +6,13 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Harness, waitForMediaFrom, mediaGrowth, httpGet, screenshot, sleep } from '../e2e/lib/harness.mjs';
+import { metric } from './lib.mjs';
 
 const h = new Harness();
 after(() => h.close());
 
 // The harness passes `--sfu-port 0` itself and starts the server with this process's environment.
 process.env.SWITCHBOARD_SFU_ENABLED = 'true';
-
-/** Sums a Prometheus counter over the series whose labels include `labels` (e.g. {kind: 'video'}). */
-export function metric(text, name, labels = {}) {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(name)) continue;
-    const m = line.match(/^([a-z_]+)(\{([^}]*)\})?\s+([0-9.eE+-]+)/);
-    if (!m || m[1] !== name) continue;
-    const ls = Object.fromEntries((m[3] || '').split(',').filter(Boolean).map((kv) => {
-      const i = kv.indexOf('=');
-      return [kv.slice(0, i), kv.slice(i + 1).replace(/^"|"$/g, '')];
-    }));
-    if (Object.entries(labels).every(([k, v]) => ls[k] === v)) sum += Number(m[4]);
-  }
-  return sum;
-}
 
 async function startSfuServer() {
   process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'sfu';

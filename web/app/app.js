@@ -430,7 +430,7 @@ function fileItem(id, direction, name, size, who) {
 async function sendFile(file) {
   const room = app.room;
   if (!room) throw new Error('not in a room');
-  if (room.peers.size === 0) {
+  if (room.participants.size === 0) {
     showError('Nobody else is in the room yet.');
     return [];
   }

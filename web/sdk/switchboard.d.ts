@@ -127,6 +127,8 @@ export interface ConnectOptions {
   iceTransportPolicy?: RTCIceTransportPolicy;
   /** Reconnect (and resume) when the signaling socket drops. Default true. */
   reconnect?: boolean;
+  /** SFU rooms: publish video as three simulcast layers (rid q/h/f). Default true. */
+  simulcast?: boolean;
   /** Initial metadata sent with `join`. */
   metadata?: ParticipantMetadata;
 }
@@ -158,6 +160,10 @@ export interface RoomEvents {
   error: (error: SwitchboardError) => void;
   file_progress: (progress: FileProgress) => void;
   file: (participant: Participant, file: ReceivedFile) => void;
+  /** SFU rooms: the loudest participant changed (may be `room.localParticipant`). */
+  active_speaker: (participant: Participant) => void;
+  /** An `auto` room moved from mesh to the SFU (mesh peer connections closed; tracks come back through the SFU). */
+  room_mode: (mode: 'sfu') => void;
 }
 
 export class Room {
@@ -176,10 +182,14 @@ export class Room {
   /**
    * `mode` is `mesh` (one RTCPeerConnection per remote participant) or `sfu` (one RTCPeerConnection to the server,
    * which forwards every participant's tracks; events, `participants` and `getStats()` look the same). In `sfu`
-   * rooms data channels (`send`, `sendTo`, `sendFile`) are not available and `peers` stays empty. Publishers the
-   * server forwards that are not in the signaling roster (WHIP, `whip_<id>`) appear as participants too.
+   * rooms `peers` stays empty and data channels (`send`, `sendTo`, `sendFile`) go through the SFU, which relays
+   * them to the others with the sender's id. Publishers the server forwards that are not in the signaling roster
+   * (WHIP, `whip_<id>`) appear as participants too. An `auto` room reports `mesh` until it outgrows the mesh,
+   * then `sfu` (event `room_mode`).
    */
   readonly roomInfo: { name: string; mode: string } | null;
+  /** SFU rooms: the loudest participant, from `active_speaker` events. */
+  readonly activeSpeaker: Participant | null;
   readonly permissions: { can_publish: boolean; can_subscribe: boolean; can_publish_data: boolean } | null;
   readonly signalingState: SignalingState;
   readonly localStreams: { camera: MediaStream | null; screen: MediaStream | null };
@@ -195,6 +205,11 @@ export class Room {
   /** Mutes local audio or video (the track sends silence/black) and sets `muted_audio` / `muted_video` in the metadata. */
   mute(kind: 'audio' | 'video', muted?: boolean): void;
   unmute(kind: 'audio' | 'video'): void;
+  /**
+   * SFU rooms: the video quality (simulcast layer) to receive from `participantId`, or from everyone without it.
+   * Returns false outside SFU rooms.
+   */
+  setSubscribeQuality(quality: 'low' | 'medium' | 'high', participantId?: string): boolean;
   /** Merges into the local metadata and broadcasts it (`update`). */
   updateMetadata(patch: ParticipantMetadata): boolean;
   setName(name: string): boolean;

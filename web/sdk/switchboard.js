@@ -27,6 +27,16 @@ const FATAL_CODES = new Set(['unauthorized', 'forbidden', 'room_full', 'unsuppor
 const FILE_CHUNK = 16 * 1024;
 const FILE_HIGH_WATER = 1024 * 1024;
 const FILE_LOW_WATER = 256 * 1024;
+/** SFU rooms: the simulcast layers published (rid q/h/f: quarter, half and full resolution). */
+const SIMULCAST_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+];
+/** SFU rooms: bytes a file sender may be ahead of its slowest receiver's `got` report. */
+const FILE_WINDOW = 4 * 1024 * 1024;
+/** SFU rooms: a file receiver reports its progress to the sender every this many bytes. */
+const FILE_GOT_EVERY = 512 * 1024;
 const PING_INTERVAL_MS = 15000;
 const OFFER_WATCHDOG_MS = 8000;
 const DISCONNECTED_RESTART_MS = 3000;
@@ -48,6 +58,38 @@ function toHex(buf) {
 export async function sha256Hex(data) {
   const buf = data instanceof Blob ? await data.arrayBuffer() : data;
   return toHex(await crypto.subtle.digest('SHA-256', buf));
+}
+
+const utf8 = new TextEncoder();
+const utf8Decoder = new TextDecoder();
+
+/**
+ * SFU rooms: data-channel messages carry a routing header, `<address>\n<payload>` (docs/protocol.md). Outgoing the
+ * address is the recipient ('' = everyone, 'sfu' = the SFU itself), incoming it is the sender.
+ */
+function frameData(to, data) {
+  if (typeof data === 'string') return `${to}\n${data}`;
+  const head = utf8.encode(`${to}\n`);
+  if (data instanceof Blob) return new Blob([head, data]);
+  const body = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const out = new Uint8Array(head.length + body.length);
+  out.set(head);
+  out.set(body, head.length);
+  return out;
+}
+
+/** Splits a relayed message into [sender id, payload]; null without a header. */
+function unframeData(data) {
+  if (typeof data === 'string') {
+    const i = data.indexOf('\n');
+    return i < 0 || i > 64 ? null : [data.slice(0, i), data.slice(i + 1)];
+  }
+  const u = new Uint8Array(data);
+  const n = Math.min(u.length, 65);
+  for (let i = 0; i < n; i++) {
+    if (u[i] === 10) return [utf8Decoder.decode(u.subarray(0, i)), data.slice(i + 1)];
+  }
+  return null;
 }
 
 function randomId() {
@@ -586,6 +628,10 @@ class SfuPeer extends Peer {
     this.midOwner = new Map(); // mid -> participant id
     this.trackOwner = new Map(); // remote track id -> participant id
     this.prevByParticipant = new Map();
+    this.fileTx = new Map(); // transfer id -> {got: Map<participant id, bytes>, waiters, wake}
+    this.fileRxBy = new Map(); // sender id -> file being received
+    this.qualityBy = new Map(); // participant id -> wanted video quality
+    this.qualityAll = null;
     const pc = this.pc;
     pc.ontrack = (ev) => this._onTrack(ev);
     pc.onconnectionstatechange = () => {
@@ -604,17 +650,187 @@ class SfuPeer extends Peer {
     };
   }
 
-  /** Publishes our tracks (no data channels: the SFU does not relay them). */
+  /** Publishes our tracks and opens the three negotiated data channels with the SFU (which relays them). */
   attachLocal() {
-    if (this.tracksAttached) return;
-    this.tracksAttached = true;
-    for (const { track, stream } of this.room._localTracks()) this.addTrack(track, stream);
+    if (!this.tracksAttached) {
+      this.tracksAttached = true;
+      for (const { track, stream } of this.room._localTracks()) this.addTrack(track, stream);
+    }
+    for (const [key, spec] of Object.entries(CHANNELS)) {
+      if (this.channels[key]) continue;
+      const dc = this.pc.createDataChannel(spec.label, { ...spec.init, negotiated: true, id: spec.id });
+      dc.binaryType = 'arraybuffer';
+      this.channels[key] = dc;
+      dc.onopen = () => {
+        for (const p of this.room.participants.values()) if (!p._viaSfu) this.room.emit('channel_open', p, dc.label);
+        if (key === 'data') {
+          const out = this.outbox;
+          this.outbox = [];
+          for (const m of out) this._sendOn(m.key, m.data);
+        }
+      };
+      dc.onmessage = (ev) => this._onRelayed(key, ev.data);
+    }
+  }
+
+  /** Sends `data` on channel `key` to participant `to` ('' = everyone). False when queued (channel not open). */
+  sendData(key, to, data) {
+    return this._sendOn(key, frameData(to, data));
+  }
+
+  _onRelayed(key, data) {
+    const r = unframeData(data);
+    if (!r) return;
+    const p = this.room.participants.get(r[0]);
+    if (!p) return;
+    if (key === 'file') this._onRelayedFile(p, r[1]);
+    else this.room.emit('data', p, r[1], CHANNELS[key].label);
+  }
+
+  // ---- file transfer through the SFU: the sender uploads once (addressed to everyone or to one participant),
+  // every receiver reports `got` progress to the sender (flow control: the sender stays at most FILE_WINDOW
+  // ahead of its slowest receiver, so the SFU never holds much) and `ack`s the checksum at the end.
+
+  sendFileTo(file, transferId, targets, to, onProgress) {
+    const run = async () => {
+      const dc = this.channels.file;
+      if (!dc) throw new Error('no file channel to the SFU');
+      if (dc.readyState !== 'open') {
+        await new Promise((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error('file channel did not open')), 15000);
+          dc.addEventListener('open', () => { clearTimeout(t); resolve(); }, { once: true });
+        });
+      }
+      dc.bufferedAmountLowThreshold = FILE_LOW_WATER;
+      const sha256 = await sha256Hex(file);
+      const tx = { got: new Map(targets.map((id) => [id, 0])), waiters: new Map(), wake: null };
+      const acks = targets.map((id) => new Promise((resolve) => tx.waiters.set(id, resolve)));
+      this.fileTx.set(transferId, tx);
+      const wait = () => new Promise((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          dc.removeEventListener('bufferedamountlow', done);
+          dc.removeEventListener('close', done);
+          tx.wake = null;
+          resolve();
+        };
+        const timer = setTimeout(done, 1000);
+        tx.wake = done;
+        dc.addEventListener('bufferedamountlow', done);
+        dc.addEventListener('close', done);
+      });
+      try {
+        const send = (d) => dc.send(frameData(to, d));
+        send(JSON.stringify({ t: 'start', id: transferId, name: file.name || 'file', size: file.size, mime: file.type || 'application/octet-stream', sha256 }));
+        let sent = 0;
+        while (sent < file.size) {
+          if (dc.readyState !== 'open') throw new Error('file channel closed');
+          if (tx.waiters.size === 0) break; // every receiver left
+          let slowest = sent;
+          for (const v of tx.got.values()) slowest = Math.min(slowest, v);
+          if (dc.bufferedAmount > FILE_HIGH_WATER || sent - slowest > FILE_WINDOW) {
+            await wait();
+            continue;
+          }
+          const end = Math.min(file.size, sent + FILE_CHUNK * 16);
+          const buf = await file.slice(sent, end).arrayBuffer();
+          for (let off = 0; off < buf.byteLength; off += FILE_CHUNK) send(new Uint8Array(buf, off, Math.min(FILE_CHUNK, buf.byteLength - off)));
+          sent = end;
+          onProgress(sent);
+        }
+        send(JSON.stringify({ t: 'end', id: transferId }));
+        return await Promise.all(acks);
+      } finally {
+        this.fileTx.delete(transferId);
+      }
+    };
+    const p = this.fileTxQueue.then(run, run);
+    this.fileTxQueue = p.catch(() => {});
+    return p;
+  }
+
+  async _onRelayedFile(p, data) {
+    const room = this.room;
+    if (typeof data === 'string') {
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch (_) {
+        return;
+      }
+      if (msg.t === 'start') {
+        this.fileRxBy.set(p.id, { id: msg.id, name: msg.name, size: msg.size, mime: msg.mime, sha256: msg.sha256, chunks: [], received: 0, reported: 0 });
+        room.emit('file_progress', { id: msg.id, direction: 'receive', participant: p, name: msg.name, bytes: 0, size: msg.size });
+      } else if (msg.t === 'end') {
+        const rx = this.fileRxBy.get(p.id);
+        this.fileRxBy.delete(p.id);
+        if (!rx || rx.id !== msg.id) return;
+        const blob = new Blob(rx.chunks, { type: rx.mime });
+        rx.chunks = null;
+        const actual = await sha256Hex(blob);
+        const ok = actual === rx.sha256 && blob.size === rx.size;
+        this.sendData('file', p.id, JSON.stringify({ t: 'ack', id: rx.id, ok, sha256: actual }));
+        room.emit('file', p, { id: rx.id, name: rx.name, size: blob.size, mime: rx.mime, blob, sha256: actual, expectedSha256: rx.sha256, checksumOk: ok });
+      } else if (msg.t === 'got' || msg.t === 'ack') {
+        const tx = this.fileTx.get(msg.id);
+        if (!tx || !tx.got.has(p.id)) return;
+        if (msg.t === 'got') {
+          tx.got.set(p.id, Number(msg.bytes) || 0);
+        } else {
+          tx.got.delete(p.id);
+          const w = tx.waiters.get(p.id);
+          tx.waiters.delete(p.id);
+          w?.({ participantId: p.id, ok: !!msg.ok, sha256: msg.sha256 });
+        }
+        tx.wake?.();
+      }
+      return;
+    }
+    const rx = this.fileRxBy.get(p.id);
+    if (!rx) return;
+    rx.chunks.push(data);
+    const before = rx.received;
+    rx.received += data.byteLength;
+    if (rx.received - rx.reported >= FILE_GOT_EVERY) {
+      rx.reported = rx.received;
+      this.sendData('file', p.id, JSON.stringify({ t: 'got', id: rx.id, bytes: rx.received }));
+    }
+    if (Math.floor(before / 262144) !== Math.floor(rx.received / 262144) || rx.received >= rx.size) {
+      room.emit('file_progress', { id: rx.id, direction: 'receive', participant: p, name: rx.name, bytes: rx.received, size: rx.size });
+    }
+  }
+
+  /** A participant left: its file transfers end (as failed for the ones it was receiving). */
+  participantGone(id) {
+    this.fileRxBy.delete(id);
+    for (const tx of this.fileTx.values()) {
+      tx.got.delete(id);
+      const w = tx.waiters.get(id);
+      tx.waiters.delete(id);
+      w?.({ participantId: id, ok: false, sha256: null });
+      tx.wake?.();
+    }
   }
 
   addTrack(track, stream) {
     if (this.senders.has(track) || this.closed) return;
-    const tr = this.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    const init = { direction: 'sendonly', streams: [stream] };
+    // Simulcast: three VP8 layers; the SFU forwards one per subscriber (see setSubscribeQuality).
+    if (track.kind === 'video' && this.room.options.simulcast !== false) init.sendEncodings = SIMULCAST_LAYERS.map((l) => ({ ...l }));
+    const tr = this.pc.addTransceiver(track, init);
     this.senders.set(track, tr.sender);
+  }
+
+  /** Asks the SFU for a video quality ('low' | 'medium' | 'high') from one participant, or from everyone. */
+  setQuality(quality, participantId) {
+    const msg = { type: 'subscribe_quality', quality };
+    if (participantId) msg.participant = participantId;
+    if (participantId) this.qualityBy.set(participantId, quality);
+    else {
+      this.qualityBy.clear();
+      this.qualityAll = quality;
+    }
+    return this.sendData('data', 'sfu', JSON.stringify(msg));
   }
 
   /** The participant id the SFU put in the msid of m-line `mid` of the current remote description. */
@@ -748,6 +964,8 @@ export class Room extends Emitter {
     this.participants = new Map();
     /** @type {Map<string, Peer>} */
     this.peers = new Map();
+    /** @type {Participant|null} SFU rooms: the loudest participant (`active_speaker` events) */
+    this.activeSpeaker = null;
     /** @type {SfuPeer|null} the connection to the SFU (sfu rooms only) */
     this.sfu = null;
     this.iceServers = [];
@@ -953,6 +1171,11 @@ export class Room extends Emitter {
           this._addParticipant(info);
         }
       }
+      if (msg.room && msg.room.mode === 'sfu' && !this.sfu) {
+        // The room moved to the SFU while our socket was down.
+        this._moveToSfu();
+        return;
+      }
       for (const peer of this.peers.values()) {
         // Fresh (time-limited) TURN credentials for the ICE restarts to come.
         try {
@@ -1004,6 +1227,33 @@ export class Room extends Emitter {
     }, 0);
   }
 
+  /**
+   * Mesh → SFU (an `auto` room passed its threshold): closes every mesh peer connection and publishes to the
+   * SFU instead. Participants stay (no `participant_left`); their tracks are removed and come back through the SFU.
+   */
+  _moveToSfu() {
+    if (this._left || this.sfu) return;
+    this.roomInfo = { ...(this.roomInfo || {}), mode: 'sfu' };
+    for (const [id, peer] of [...this.peers]) {
+      peer.close();
+      this.peers.delete(id);
+      const p = this.participants.get(id);
+      if (!p) continue;
+      for (const stream of [...p.streams.values()]) {
+        for (const track of stream.getTracks()) {
+          if (!p.tracks.has(track)) continue;
+          p.tracks.delete(track);
+          this.emit('track_removed', p, track, stream);
+        }
+      }
+      p.tracks.clear();
+      p.streams.clear();
+    }
+    this.sfu = new SfuPeer(this);
+    this.sfu.attachLocal();
+    this.emit('room_mode', 'sfu');
+  }
+
   _addParticipant(info) {
     const p = new Participant(info);
     this.participants.set(p.id, p);
@@ -1013,6 +1263,7 @@ export class Room extends Emitter {
 
   _removeParticipant(id, reason) {
     const p = this.participants.get(id);
+    this.sfu?.participantGone(id);
     const peer = this.peers.get(id);
     if (peer) {
       peer.close();
@@ -1061,6 +1312,18 @@ export class Room extends Emitter {
         }
         break;
       }
+      case 'active_speaker': {
+        // SFU rooms: the loudest participant (audio levels seen by the SFU) changed.
+        const me = this.localParticipant;
+        const p = me && msg.id === me.id ? me : this.participants.get(msg.id);
+        this.activeSpeaker = p || null;
+        if (p) this.emit('active_speaker', p);
+        break;
+      }
+      case 'room_mode':
+        // An `auto` room outgrew the mesh: move to the SFU without leaving.
+        if (msg.mode === 'sfu') this._moveToSfu();
+        break;
       case 'offer':
       case 'answer': {
         if (msg.from === 'sfu') {
@@ -1068,6 +1331,7 @@ export class Room extends Emitter {
           if (sfu) sfu.enqueue(() => sfu.onDescription(msg.type, msg.sdp));
           break;
         }
+        if (this.sfu) break; // a mesh peer that has not moved to the SFU yet
         let p = this.participants.get(msg.from);
         if (!p) p = this._addParticipant({ id: msg.from, identity: msg.from, name: msg.from });
         const peer = this._ensurePeer(p);
@@ -1080,6 +1344,7 @@ export class Room extends Emitter {
           if (sfu) sfu.enqueue(() => sfu.onCandidate(msg.candidate));
           break;
         }
+        if (this.sfu) break;
         const peer = this.peers.get(msg.from);
         if (peer) peer.enqueue(() => peer.onCandidate(msg.candidate));
         break;
@@ -1214,12 +1479,21 @@ export class Room extends Emitter {
   send(data, { reliable = true } = {}) {
     let n = 0;
     const payload = this._encode(data);
+    if (this.sfu) {
+      if (!this.sfu.sendData(reliable ? 'data' : 'lossy', '', payload)) return 0;
+      for (const p of this.participants.values()) if (!p._viaSfu) n++;
+      return n;
+    }
     for (const peer of this.peers.values()) if (peer._sendOn(reliable ? 'data' : 'lossy', payload)) n++;
     return n;
   }
 
   /** Sends to one participant. */
   sendTo(participantId, data, { reliable = true } = {}) {
+    if (this.sfu) {
+      if (!this.participants.has(participantId)) throw new Error(`unknown participant ${participantId}`);
+      return this.sfu.sendData(reliable ? 'data' : 'lossy', participantId, this._encode(data));
+    }
     const peer = this.peers.get(participantId);
     if (!peer) throw new Error(`unknown participant ${participantId}`);
     return peer._sendOn(reliable ? 'data' : 'lossy', this._encode(data));
@@ -1231,6 +1505,14 @@ export class Room extends Emitter {
    */
   async sendFile(file, participantId) {
     const id = randomId();
+    if (this.sfu) {
+      if (participantId && !this.participants.has(participantId)) throw new Error(`unknown participant ${participantId}`);
+      const targets = participantId ? [participantId] : [...this.participants.values()].filter((p) => !p._viaSfu).map((p) => p.id);
+      if (targets.length === 0) throw new Error('nobody to send the file to');
+      return this.sfu.sendFileTo(file, id, targets, participantId || '', (bytes) => {
+        this.emit('file_progress', { id, direction: 'send', participant: null, name: file.name, bytes, size: file.size });
+      });
+    }
     const peers = participantId ? [this.peers.get(participantId)].filter(Boolean) : [...this.peers.values()];
     if (peers.length === 0) throw new Error('nobody to send the file to');
     const sentBy = new Map();
@@ -1247,6 +1529,16 @@ export class Room extends Emitter {
         }),
       ),
     );
+  }
+
+  /**
+   * SFU rooms: the video quality to receive ('low' | 'medium' | 'high', default high) from `participantId`, or
+   * from everyone without it. The SFU forwards the matching simulcast layer of the publisher's video. Returns
+   * false outside SFU rooms (or while the connection to the SFU is not up yet: the request is sent once it is).
+   */
+  setSubscribeQuality(quality, participantId) {
+    if (!['low', 'medium', 'high'].includes(quality)) throw new Error(`unknown quality ${quality}`);
+    return this.sfu ? this.sfu.setQuality(quality, participantId) : false;
   }
 
   /** Stats of every peer connection, keyed by participant id (see `PeerStats` in the .d.ts). */

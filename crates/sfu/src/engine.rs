@@ -10,11 +10,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use signal::protocol::Permissions;
 use signal::{MediaSignal, MediaSink};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+
+use crate::data::{self, DataOut, Sent};
+use crate::simulcast::{self, Admit, LayerState, Layers};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -29,6 +34,12 @@ const OFFER_RETRY: Duration = Duration::from_secs(2);
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 /// A WHIP/WHEP session whose media path is down this long (or never came up) is ended.
 const HTTP_SESSION_IDLE: Duration = Duration::from_secs(30);
+/// How often each room's active speaker is re-evaluated.
+const SPEAKER_INTERVAL: Duration = Duration::from_millis(300);
+/// Audio level (dBov, 0 loudest, -127 silence; RFC 6464) a speaker's smoothed level must exceed.
+const SPEAKER_MIN_LEVEL: f32 = -55.0;
+/// A challenger must be louder than the current speaker by this much (dB) to take over (no flapping).
+const SPEAKER_HYSTERESIS: f32 = 6.0;
 /// Longest sleep of the engine loop.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
 /// Largest datagram read.
@@ -76,8 +87,7 @@ pub(crate) enum Command {
     Join {
         room: String,
         participant: String,
-        can_publish: bool,
-        can_subscribe: bool,
+        perms: Permissions,
         sink: MediaSink,
     },
     Signal {
@@ -107,7 +117,12 @@ pub(crate) enum Command {
 struct TrackIn {
     mid: Mid,
     kind: MediaKind,
-    last_keyframe_request: Option<Instant>,
+    /// Last keyframe request per simulcast rank (the last slot: no rid).
+    last_keyframe_request: [Option<Instant>; simulcast::RANKS + 1],
+    /// Simulcast layers the publisher sends.
+    layers: Layers,
+    /// Audio: smoothed level from the RFC 6464 header extension (dBov: fast attack, slow release).
+    level: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +148,8 @@ struct TrackOut {
     stream_id: String,
     track_id: String,
     state: OutState,
-    /// Simulcast layer forwarded (the first one seen, preferring `h`).
-    layer: Option<Rid>,
+    /// Simulcast: the wanted quality and the layer forwarded.
+    layers: LayerState,
 }
 
 impl TrackOut {
@@ -156,10 +171,12 @@ enum Prop {
     TrackClosed(ClientId, Mid),
     /// A media frame of a published track.
     Media(ClientId, MediaData),
-    /// A subscriber wants a keyframe of (publisher, mid).
-    Keyframe(ClientId, Mid, KeyframeRequestKind),
+    /// A subscriber wants a keyframe of (publisher, mid, layer); no layer = every layer.
+    Keyframe(ClientId, Mid, Option<Rid>, KeyframeRequestKind),
     /// A WHEP slot wants a source.
     WhepSlot(ClientId),
+    /// A data-channel message (channel index in [`data::CHANNELS`], binary, `<to>\n<payload>`).
+    Data(ClientId, usize, bool, Vec<u8>),
 }
 
 struct Client {
@@ -170,9 +187,15 @@ struct Client {
     rtc: Rtc,
     can_publish: bool,
     can_subscribe: bool,
+    can_publish_data: bool,
+    /// Data channels (participants only) and messages waiting for SCTP buffer space.
+    data: DataOut,
     ufrag: String,
     addrs: Vec<SocketAddr>,
     pending: Option<(SdpPendingOffer, Instant)>,
+    /// The last offer accepted from the participant and our answer: the SDK re-sends an offer it believes lost
+    /// (on glare as the impolite peer); a repeat is answered again without touching the SFU's own offer.
+    last_offer: Option<(String, String)>,
     negotiated: bool,
     /// ICE+DTLS up and ICE not disconnected: media is written to it.
     connected: bool,
@@ -315,7 +338,9 @@ impl Client {
                         self.tracks_in.push(TrackIn {
                             mid: m.mid,
                             kind: m.kind,
-                            last_keyframe_request: None,
+                            last_keyframe_request: Default::default(),
+                            layers: Layers::default(),
+                            level: -127.0,
                         });
                         props.push_back(Prop::TrackOpened(self.id, m.mid));
                     }
@@ -326,7 +351,7 @@ impl Client {
                         stream_id: String::new(),
                         track_id: String::new(),
                         state: OutState::Open(m.mid),
-                        layer: None,
+                        layers: LayerState::default(),
                     });
                     props.push_back(Prop::WhepSlot(self.id));
                 }
@@ -342,7 +367,9 @@ impl Client {
                         self.tracks_in.push(TrackIn {
                             mid: m.mid,
                             kind,
-                            last_keyframe_request: None,
+                            last_keyframe_request: Default::default(),
+                            layers: Layers::default(),
+                            level: -127.0,
                         });
                         props.push_back(Prop::TrackOpened(self.id, m.mid));
                     }
@@ -352,19 +379,43 @@ impl Client {
                 if !d.contiguous {
                     self.request_keyframe(d.mid, d.rid, KeyframeRequestKind::Pli, Instant::now());
                 }
-                if self.tracks_in.iter().any(|t| t.mid == d.mid) {
-                    props.push_back(Prop::Media(self.id, d));
+                let Some(t) = self.tracks_in.iter_mut().find(|t| t.mid == d.mid) else {
+                    return;
+                };
+                if let Some(rid) = d.rid {
+                    t.layers.seen(rid, d.network_time);
                 }
+                if let Some(l) = d.ext_vals.audio_level {
+                    let l = f32::from(l.max(-127));
+                    t.level = if l > t.level {
+                        l
+                    } else {
+                        t.level * 0.97 + l * 0.03
+                    };
+                }
+                props.push_back(Prop::Media(self.id, d));
             }
             Event::KeyframeRequest(req) => {
-                if let Some((p, m)) = self
+                if let Some(t) = self
                     .tracks_out
                     .iter()
                     .find(|t| t.open_mid() == Some(req.mid))
-                    .and_then(|t| t.src)
                 {
-                    props.push_back(Prop::Keyframe(p, m, req.kind));
+                    if let Some((p, m)) = t.src {
+                        props.push_back(Prop::Keyframe(p, m, t.layers.current, req.kind));
+                    }
                 }
+            }
+            Event::ChannelData(d) => {
+                if !self.can_publish_data {
+                    return;
+                }
+                if let Some(i) = self.data.index_of(d.id) {
+                    props.push_back(Prop::Data(self.id, i, d.binary, d.data));
+                }
+            }
+            Event::ChannelOpen(id, label) => {
+                debug!(participant = %self.participant, %label, ?id, "data channel open");
             }
             Event::MediaIngressStats(s) => {
                 let last = self.stats_in.entry((s.mid, s.rid)).or_insert(0);
@@ -399,7 +450,7 @@ impl Client {
         // Decoding starts at a keyframe: ask the publishers of everything this client receives.
         for t in &self.tracks_out {
             if let (Some((p, m)), Some(_)) = (t.src, t.open_mid()) {
-                props.push_back(Prop::Keyframe(p, m, KeyframeRequestKind::Pli));
+                props.push_back(Prop::Keyframe(p, m, None, KeyframeRequestKind::Pli));
             }
         }
     }
@@ -417,17 +468,40 @@ impl Client {
         if t.kind != MediaKind::Video {
             return;
         }
-        if t.last_keyframe_request
-            .is_some_and(|at| now < at + KEYFRAME_THROTTLE)
-        {
-            return;
+        // A simulcast track without a layer named: every layer.
+        let mut rids = [None; simulcast::RANKS];
+        match rid {
+            Some(r) => rids[0] = Some(r),
+            None if t.layers.is_simulcast() => {
+                for (slot, r) in rids.iter_mut().zip(t.layers.all()) {
+                    *slot = Some(r);
+                }
+            }
+            None => {}
         }
-        t.last_keyframe_request = Some(now);
-        let Some(mut w) = self.rtc.writer(mid) else {
-            return;
-        };
-        if let Err(e) = w.request_keyframe(rid, kind) {
-            trace!(participant = %self.participant, %mid, "keyframe request not possible: {e}");
+        let plain = rids[0].is_none();
+        let mut w = None;
+        for r in rids
+            .iter()
+            .copied()
+            .filter(|r| r.is_some() || plain)
+            .take(if plain { 1 } else { simulcast::RANKS })
+        {
+            let slot = r.map_or(simulcast::RANKS, |r| simulcast::rank(&r));
+            let last = &mut t.last_keyframe_request[slot];
+            if last.is_some_and(|at| now < at + KEYFRAME_THROTTLE) {
+                continue;
+            }
+            *last = Some(now);
+            if w.is_none() {
+                w = self.rtc.writer(mid);
+            }
+            let Some(w) = w.as_mut() else {
+                return;
+            };
+            if let Err(e) = w.request_keyframe(r, kind) {
+                trace!(participant = %self.participant, %mid, "keyframe request not possible: {e}");
+            }
         }
     }
 }
@@ -471,12 +545,22 @@ pub(crate) struct Engine {
     /// (room, participant id) → client.
     by_participant: HashMap<(String, String), ClientId>,
     /// Participants of `sfu` rooms (kept while their `Rtc` is recreated).
-    members: HashMap<(String, String), (bool, bool, MediaSink)>,
+    members: HashMap<(String, String), (Permissions, MediaSink)>,
     rooms: HashMap<String, Vec<ClientId>>,
     props: VecDeque<Prop>,
     dirty: Vec<ClientId>,
     dead: Vec<ClientId>,
     scratch: Vec<ClientId>,
+    /// A data-channel message being fanned out, with its `<from>\n` header.
+    data_buf: Vec<u8>,
+    /// Active speaker per room (participant id), and when the rooms are looked at next.
+    speakers: HashMap<String, String>,
+    speaker_changes: Vec<(String, String)>,
+    next_speaker_check: Instant,
+    /// The DTLS certificate of every `Rtc`: generating one per client costs ~0.5 s of CPU (more in a debug
+    /// build), which would delay every join and a whole `auto` room's move to the SFU. One server certificate
+    /// for all sessions, as other SFUs do; its fingerprint is in every answer.
+    dtls_cert: Option<DtlsCert>,
 }
 
 impl Engine {
@@ -513,6 +597,13 @@ impl Engine {
             dirty: Vec::new(),
             dead: Vec::new(),
             scratch: Vec::new(),
+            data_buf: Vec::new(),
+            speakers: HashMap::new(),
+            speaker_changes: Vec::new(),
+            next_speaker_check: Instant::now(),
+            dtls_cert: str0m::crypto::from_feature_flags()
+                .dtls_provider
+                .generate_certificate(),
         })
     }
 
@@ -578,7 +669,66 @@ impl Engine {
         }
     }
 
+    /// Each room's loudest publisher (smoothed RFC 6464 audio level), announced to the room's participants as
+    /// `{"type":"active_speaker","id":...}` when it changes. Silence keeps the last speaker.
+    fn update_speakers(&mut self, now: Instant) {
+        if now < self.next_speaker_check {
+            return;
+        }
+        self.next_speaker_check = now + SPEAKER_INTERVAL;
+        for (room, members) in &self.rooms {
+            let mut best: Option<(&str, f32)> = None;
+            let mut current_level = -127.0f32;
+            let current = self.speakers.get(room);
+            for id in members {
+                let Some(c) = self.clients.get(id) else {
+                    continue;
+                };
+                let Some(level) = c
+                    .tracks_in
+                    .iter()
+                    .filter(|t| t.kind == MediaKind::Audio)
+                    .map(|t| t.level)
+                    .reduce(f32::max)
+                else {
+                    continue;
+                };
+                if current.is_some_and(|p| *p == c.participant) {
+                    current_level = level;
+                }
+                if level > SPEAKER_MIN_LEVEL && best.is_none_or(|(_, b)| level > b) {
+                    best = Some((&c.participant, level));
+                }
+            }
+            let Some((who, level)) = best else {
+                continue;
+            };
+            if current.is_some_and(|p| p == who)
+                || (current.is_some() && level < current_level + SPEAKER_HYSTERESIS)
+            {
+                continue;
+            }
+            let text: Arc<str> = serde_json::json!({"type": "active_speaker", "id": who})
+                .to_string()
+                .into();
+            for id in members {
+                if let Some(sink) = self.clients.get(id).and_then(|c| c.sink()) {
+                    sink.send_text(text.clone());
+                }
+            }
+            debug!(%room, participant = %who, level, "active speaker");
+            metrics::counter!("sfu_active_speaker_changes_total").increment(1);
+            self.speaker_changes.push((room.clone(), who.to_owned()));
+        }
+        for (room, who) in self.speaker_changes.drain(..) {
+            self.speakers.insert(room, who);
+        }
+        self.speakers
+            .retain(|room, _| self.rooms.contains_key(room));
+    }
+
     fn on_timers(&mut self, now: Instant) {
+        self.update_speakers(now);
         let mut due = std::mem::take(&mut self.scratch);
         due.clear();
         due.extend(
@@ -681,6 +831,9 @@ impl Engine {
         };
         c.queued = false;
         c.negotiate(now);
+        if c.data.queued() {
+            c.data.flush(&mut c.rtc);
+        }
         loop {
             if !c.rtc.is_alive() {
                 c.timeout = now;
@@ -723,21 +876,34 @@ impl Engine {
                 };
                 self.track_closed(&room, from, mid);
             }
-            Prop::Keyframe(publisher, mid, kind) => {
+            Prop::Keyframe(publisher, mid, rid, kind) => {
                 if let Some(c) = self.clients.get_mut(&publisher) {
-                    c.request_keyframe(mid, None, kind, Instant::now());
+                    c.request_keyframe(mid, rid, kind, Instant::now());
                     self.mark(publisher);
                 }
             }
             Prop::WhepSlot(viewer) => self.feed_whep(viewer),
+            Prop::Data(from, chan, binary, msg) => self.fan_out_data(from, chan, binary, &msg),
         }
     }
 
     /// The hot path: one frame from `from` to every subscriber of that track.
     fn forward(&mut self, from: ClientId, data: &MediaData) {
-        let Some(room) = self.clients.get(&from).map(|c| &c.room) else {
+        let Some(pc) = self.clients.get(&from) else {
             return;
         };
+        let room = &pc.room;
+        // Simulcast: the layer for each wanted quality.
+        let mut picks = [None; simulcast::RANKS];
+        if data.rid.is_some() {
+            if let Some(t) = pc.tracks_in.iter().find(|t| t.mid == data.mid) {
+                let now = Instant::now();
+                for (want, p) in picks.iter_mut().enumerate() {
+                    *p = t.layers.pick(want, now);
+                }
+            }
+        }
+        let mut keyframe_for = [false; simulcast::RANKS];
         self.scratch.clear();
         if let Some(m) = self.rooms.get(room.as_str()) {
             self.scratch.extend_from_slice(m);
@@ -761,17 +927,18 @@ impl Engine {
                 let Some(mid) = t.open_mid() else {
                     continue;
                 };
-                if data.rid.is_some() {
-                    // Simulcast: forward one layer, `h` when it exists, else the first seen.
-                    if t.layer.is_none()
-                        || (data.rid.as_deref() == Some("h") && t.layer != data.rid)
-                    {
-                        t.layer = data.rid;
-                    }
-                    if t.layer != data.rid {
+                let target = picks[t.layers.want.min(simulcast::RANKS - 1)];
+                let time = match t.layers.admit(data, target) {
+                    Admit::Forward(time) => time,
+                    Admit::Skip(wait) => {
+                        if wait {
+                            if let Some(r) = target {
+                                keyframe_for[simulcast::rank(&r)] = true;
+                            }
+                        }
                         continue;
                     }
-                }
+                };
                 let Some(w) = s.rtc.writer(mid) else {
                     continue;
                 };
@@ -779,7 +946,7 @@ impl Engine {
                     trace!(participant = %s.participant, "no matching codec for a forwarded frame");
                     continue;
                 };
-                if let Err(e) = w.write(pt, data.network_time, data.time, data.data.clone()) {
+                if let Err(e) = w.write(pt, data.network_time, time, data.data.clone()) {
                     debug!(participant = %s.participant, "forward failed: {e}");
                 }
                 wrote = true;
@@ -787,6 +954,130 @@ impl Engine {
             if wrote && !s.queued {
                 s.queued = true;
                 self.dirty.push(sid);
+            }
+        }
+        // Subscribers waiting to switch layers need a keyframe of their new layer (throttled per layer).
+        if keyframe_for.contains(&true) {
+            if let Some(pc) = self.clients.get_mut(&from) {
+                let now = Instant::now();
+                for (rank, &want) in keyframe_for.iter().enumerate() {
+                    if want {
+                        if let Some(r) = picks.iter().flatten().find(|r| simulcast::rank(r) == rank)
+                        {
+                            pc.request_keyframe(data.mid, Some(*r), KeyframeRequestKind::Pli, now);
+                        }
+                    }
+                }
+                if !pc.queued {
+                    pc.queued = true;
+                    self.dirty.push(from);
+                }
+            }
+        }
+    }
+
+    /// A data-channel message from `from`: to every other participant of the room, to one, or to the SFU.
+    fn fan_out_data(&mut self, from: ClientId, chan: usize, binary: bool, msg: &[u8]) {
+        let Some(c) = self.clients.get(&from) else {
+            return;
+        };
+        let Some((to, payload)) = data::split_header(msg) else {
+            debug!(participant = %c.participant, "data-channel message without a routing header: dropped");
+            return;
+        };
+        if to == data::SFU_ADDR {
+            self.on_control(from, payload);
+            return;
+        }
+        self.data_buf.clear();
+        self.data_buf.extend_from_slice(c.participant.as_bytes());
+        self.data_buf.push(b'\n');
+        self.data_buf.extend_from_slice(payload);
+        let room = c.room.clone();
+        self.room_members(&room);
+        let members = std::mem::take(&mut self.scratch);
+        let mut shared = None;
+        for &sid in &members {
+            if sid == from {
+                continue;
+            }
+            let Some(s) = self.clients.get_mut(&sid) else {
+                continue;
+            };
+            if !matches!(s.role, Role::Participant(_))
+                || !(to.is_empty() || s.participant.as_bytes() == to)
+            {
+                continue;
+            }
+            match s
+                .data
+                .send(&mut s.rtc, chan, binary, &self.data_buf, &mut shared)
+            {
+                Sent::Written => {
+                    metrics::counter!("sfu_data_messages_out_total").increment(1);
+                }
+                Sent::Queued => {
+                    metrics::counter!("sfu_data_messages_out_total").increment(1);
+                    metrics::counter!("sfu_data_messages_queued_total").increment(1);
+                }
+                Sent::Dropped => {
+                    metrics::counter!("sfu_data_messages_dropped_total").increment(1);
+                    if chan != data::LOSSY {
+                        debug!(participant = %s.participant, "data queue full: reliable message dropped");
+                    }
+                }
+            }
+            if !s.queued {
+                s.queued = true;
+                self.dirty.push(sid);
+            }
+        }
+        self.scratch = members;
+    }
+
+    /// A control message a participant sent to the SFU on a data channel (`"sfu\n{json}"`).
+    fn on_control(&mut self, from: ClientId, payload: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return;
+        };
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("subscribe_quality") => {
+                let Some(want) = v
+                    .get("quality")
+                    .and_then(|q| q.as_str())
+                    .and_then(simulcast::quality)
+                else {
+                    return;
+                };
+                let only = v.get("participant").and_then(|p| p.as_str());
+                // Publisher client ids of the named participant (all publishers without a name).
+                let Some(c) = self.clients.get(&from) else {
+                    return;
+                };
+                let srcs: Vec<ClientId> = c
+                    .tracks_out
+                    .iter()
+                    .filter_map(|t| t.src.map(|(p, _)| p))
+                    .filter(|p| {
+                        only.is_none_or(|name| {
+                            self.clients.get(p).is_some_and(|pc| pc.participant == name)
+                        })
+                    })
+                    .collect();
+                debug!(participant = %c.participant, ?only, want, "subscribe_quality");
+                let Some(c) = self.clients.get_mut(&from) else {
+                    return;
+                };
+                for t in &mut c.tracks_out {
+                    if t.kind == MediaKind::Video && t.src.is_some_and(|(p, _)| srcs.contains(&p)) {
+                        t.layers.want = want;
+                    }
+                }
+            }
+            _ => {
+                if let Some(c) = self.clients.get(&from) {
+                    debug!(participant = %c.participant, msg = %v, "unknown SFU control message");
+                }
             }
         }
     }
@@ -828,7 +1119,7 @@ impl Engine {
                         stream_id: stream_id.clone(),
                         track_id: format!("{publisher}.{}", s.out_seq),
                         state: OutState::ToOpen,
-                        layer: None,
+                        layers: LayerState::default(),
                     });
                     self.mark(sid);
                 }
@@ -913,11 +1204,11 @@ impl Engine {
             if let Some(v) = self.clients.get_mut(&viewer) {
                 if let Some(t) = v.tracks_out.get_mut(i) {
                     t.src = Some((p, m));
-                    t.layer = None;
+                    t.layers.new_source();
                 }
             }
             self.props
-                .push_back(Prop::Keyframe(p, m, KeyframeRequestKind::Pli));
+                .push_back(Prop::Keyframe(p, m, None, KeyframeRequestKind::Pli));
         }
     }
 
@@ -926,12 +1217,21 @@ impl Engine {
         room: &str,
         participant: &str,
         role: Role,
-        can_publish: bool,
-        can_subscribe: bool,
+        perms: Permissions,
     ) -> ClientId {
+        let Permissions {
+            can_publish,
+            can_subscribe,
+            can_publish_data,
+        } = perms;
         let now = Instant::now();
         let ufrag = random_hex(8);
-        let mut rtc = Rtc::builder()
+        let mut config = Rtc::builder();
+        if let Some(cert) = &self.dtls_cert {
+            config = config.set_dtls_cert(cert.clone());
+        }
+        let mut rtc = config
+            .set_sctp_max_buffered_amount(data::SCTP_BUFFER)
             .set_ice_lite(true)
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
@@ -942,6 +1242,11 @@ impl Engine {
         for c in &self.candidates {
             rtc.add_local_candidate(c.clone());
         }
+        let data = if matches!(role, Role::Participant(_)) {
+            DataOut::new(data::create_channels(&mut rtc))
+        } else {
+            DataOut::default()
+        };
         let id = self.next_id;
         self.next_id += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -957,9 +1262,12 @@ impl Engine {
             rtc,
             can_publish,
             can_subscribe,
+            can_publish_data,
+            data,
             ufrag,
             addrs: Vec::new(),
             pending: None,
+            last_offer: None,
             negotiated: false,
             connected: false,
             dtls_up: false,
@@ -997,7 +1305,7 @@ impl Engine {
                         },
                         track_id: format!("{}.{}", p.participant, client.out_seq),
                         state: OutState::ToOpen,
-                        layer: None,
+                        layers: LayerState::default(),
                     });
                 }
             }
@@ -1043,8 +1351,7 @@ impl Engine {
             Command::Join {
                 room,
                 participant,
-                can_publish,
-                can_subscribe,
+                perms,
                 sink,
             } => {
                 info!(%room, %participant, "SFU participant joined");
@@ -1052,15 +1359,15 @@ impl Engine {
                 if let Some(old) = self.by_participant.get(&key).copied() {
                     self.remove_client(old);
                 }
-                self.members
-                    .insert(key, (can_publish, can_subscribe, sink.clone()));
-                self.new_client(
-                    &room,
-                    &participant,
-                    Role::Participant(sink),
-                    can_publish,
-                    can_subscribe,
-                );
+                if let Some(who) = self.speakers.get(&room) {
+                    // The newcomer learns who speaks now.
+                    let text: Arc<str> = serde_json::json!({"type": "active_speaker", "id": who})
+                        .to_string()
+                        .into();
+                    sink.send_text(text);
+                }
+                self.members.insert(key, (perms, sink.clone()));
+                self.new_client(&room, &participant, Role::Participant(sink), perms);
             }
             Command::Leave { room, participant } => {
                 info!(%room, %participant, "SFU participant left");
@@ -1107,21 +1414,14 @@ impl Engine {
             Some(id) => id,
             None => {
                 // Its Rtc closed (failed DTLS, timeout): a new offer starts a new one.
-                let Some((can_publish, can_subscribe, sink)) = self.members.get(&key).cloned()
-                else {
+                let Some((perms, sink)) = self.members.get(&key).cloned() else {
                     debug!(room = %key.0, participant = %key.1, "SFU signal from a participant not in an sfu room");
                     return;
                 };
                 if !matches!(msg, MediaSignal::Offer(_)) {
                     return;
                 }
-                self.new_client(
-                    &key.0,
-                    &key.1,
-                    Role::Participant(sink),
-                    can_publish,
-                    can_subscribe,
-                )
+                self.new_client(&key.0, &key.1, Role::Participant(sink), perms)
             }
         };
         let Some(c) = self.clients.get_mut(&id) else {
@@ -1129,6 +1429,13 @@ impl Engine {
         };
         match msg {
             MediaSignal::Offer(sdp) => {
+                if let Some((_, answer)) = c.last_offer.as_ref().filter(|(o, _)| *o == sdp) {
+                    debug!(participant = %c.participant, "repeated offer: answered again");
+                    if let Some(s) = c.sink() {
+                        s.send(MediaSignal::Answer(answer.clone()));
+                    }
+                    return;
+                }
                 let offer = match SdpOffer::from_sdp_string(&sdp) {
                     Ok(o) => o,
                     Err(e) => {
@@ -1136,6 +1443,7 @@ impl Engine {
                         return;
                     }
                 };
+                debug!(participant = %c.participant, glare = c.pending.is_some(), "offer from the participant");
                 if c.pending.is_some() {
                     // Glare: the SFU is the polite side (its id "sfu" sorts after "p_…"): roll back.
                     c.rollback();
@@ -1144,9 +1452,11 @@ impl Engine {
                     Ok(answer) => {
                         c.negotiated = true;
                         c.refresh_ufrag(&mut self.by_ufrag);
+                        let answer = answer.to_sdp_string();
                         let sent = c
                             .sink()
-                            .is_some_and(|s| s.send(MediaSignal::Answer(answer.to_sdp_string())));
+                            .is_some_and(|s| s.send(MediaSignal::Answer(answer.clone())));
+                        c.last_offer = Some((sdp, answer));
                         debug!(participant = %c.participant, sent, "SFU answer");
                     }
                     Err(e) => warn!(participant = %c.participant, "cannot accept offer: {e}"),
@@ -1168,6 +1478,7 @@ impl Engine {
                 };
                 match c.rtc.sdp_api().accept_answer(pending, answer) {
                     Ok(()) => {
+                        debug!(participant = %c.participant, "SFU offer answered");
                         c.negotiated = true;
                         let mut opened = Vec::new();
                         c.tracks_out.retain_mut(|t| match t.state {
@@ -1189,6 +1500,7 @@ impl Engine {
                                 self.props.push_back(Prop::Keyframe(
                                     p,
                                     m,
+                                    None,
                                     KeyframeRequestKind::Pli,
                                 ));
                             }
@@ -1230,7 +1542,12 @@ impl Engine {
             HttpKind::Whip => (Role::Whip, true),
             HttpKind::Whep => (Role::Whep, false),
         };
-        let id = self.new_client(room, &pid, role, publish, !publish);
+        let perms = Permissions {
+            can_publish: publish,
+            can_subscribe: !publish,
+            can_publish_data: false,
+        };
+        let id = self.new_client(room, &pid, role, perms);
         let Some(c) = self.clients.get_mut(&id) else {
             return Err("client vanished".into());
         };

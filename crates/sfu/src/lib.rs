@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+mod data;
 mod engine;
+mod simulcast;
 mod stun;
 mod whip;
 
@@ -144,8 +146,7 @@ impl signal::MediaServer for Sfu {
         self.command(engine::Command::Join {
             room: room.to_owned(),
             participant: participant.to_owned(),
-            can_publish: permissions.can_publish,
-            can_subscribe: permissions.can_subscribe,
+            perms: permissions,
             sink,
         });
     }

@@ -71,10 +71,12 @@ pub struct HubConfig {
     pub max_participants: usize,
     /// How long a dropped participant stays in its room, waiting to resume.
     pub reconnect_grace: Duration,
-    /// Mode of new rooms (`mesh`, `sfu`).
+    /// Mode of new rooms (`mesh`, `sfu`, `auto`).
     pub default_mode: String,
     /// Per-room modes overriding `default_mode`.
     pub room_modes: HashMap<String, String>,
+    /// An `auto` room moves from mesh to the SFU when a join makes it larger than this.
+    pub auto_threshold: usize,
 }
 
 impl Default for HubConfig {
@@ -84,6 +86,7 @@ impl Default for HubConfig {
             reconnect_grace: Duration::from_secs(20),
             default_mode: "mesh".into(),
             room_modes: HashMap::new(),
+            auto_threshold: 4,
         }
     }
 }
@@ -101,7 +104,10 @@ struct Participant {
 }
 
 struct Room {
+    /// The mode in effect: `mesh` or `sfu` (an `auto` room starts as `mesh`).
     mode: String,
+    /// An `auto` room: moves to `sfu` once it passes `auto_threshold` participants (and stays there).
+    auto: bool,
     participants: BTreeMap<String, Participant>,
 }
 
@@ -189,6 +195,11 @@ impl Hub {
 
     /// Queue `msg` for participant `id` of `room`, if connected.
     pub(crate) fn deliver(&self, room: &str, id: &str, msg: &ServerMessage) -> bool {
+        self.deliver_text(room, id, msg.to_text().into())
+    }
+
+    /// Queue an already serialized message for participant `id` of `room`, if connected.
+    pub(crate) fn deliver_text(&self, room: &str, id: &str, text: Arc<str>) -> bool {
         let st = self.lock();
         match st
             .rooms
@@ -197,7 +208,7 @@ impl Hub {
             .and_then(|p| p.conn.as_ref())
         {
             Some(c) => {
-                c.push(Outbound::Text(msg.to_text().into()));
+                c.push(Outbound::Text(text));
                 true
             }
             None => false,
@@ -297,7 +308,8 @@ impl Hub {
         let max = self.config.max_participants;
         let mode = self.mode_for(&room_name);
         let room = st.rooms.entry(room_name.clone()).or_insert_with(|| Room {
-            mode,
+            auto: mode == "auto",
+            mode: if mode == "auto" { "mesh".into() } else { mode },
             participants: BTreeMap::new(),
         });
         let replaced: Vec<String> = room
@@ -335,6 +347,29 @@ impl Hub {
         let Some(room) = st.rooms.get_mut(&room_name) else {
             return Err(ProtocolError::new(ErrorCode::Internal, "room vanished"));
         };
+        if room.auto
+            && room.mode == "mesh"
+            && room.participants.len() + 1 > self.config.auto_threshold
+            && self.media.get().is_some()
+        {
+            // The newcomer makes the room too large for a mesh: everyone moves to the SFU before hearing of it
+            // (it joins straight into an `sfu` room). Nobody leaves: each participant closes its mesh peer
+            // connections and negotiates with the SFU.
+            room.mode = "sfu".into();
+            let text: Arc<str> = serde_json::json!({"type": "room_mode", "mode": "sfu"})
+                .to_string()
+                .into();
+            for p in room.participants.values() {
+                if let Some(c) = &p.conn {
+                    c.text(&text);
+                }
+                after
+                    .media_joins
+                    .push((room_name.clone(), p.info.id.clone(), p.permissions));
+            }
+            metrics::counter!("signal_room_mode_switches_total").increment(1);
+            tracing::info!(room = %room_name, participants = room.participants.len() + 1, "auto room moves to the SFU");
+        }
         let others: Vec<ParticipantInfo> =
             room.participants.values().map(|p| p.info.clone()).collect();
         let announce: Arc<str> = ServerMessage::ParticipantJoined {
@@ -764,6 +799,59 @@ mod tests {
                 .unwrap()
                 .push(format!("leave {room} {participant}"));
         }
+    }
+
+    #[tokio::test]
+    async fn auto_room_moves_to_the_sfu_when_it_passes_the_threshold() {
+        let config = HubConfig {
+            default_mode: "auto".into(),
+            auto_threshold: 2,
+            ..HubConfig::default()
+        };
+        let h = Hub::new(config, Arc::new(|_| Vec::new()));
+        let rec = Arc::new(Recorder::default());
+        h.set_media_server(rec.clone());
+        let (a, mut ra, _) = Outbox::new(1, 16);
+        let (b, mut rb, _) = Outbox::new(2, 16);
+        let (c, mut rc, _) = Outbox::new(3, 16);
+        let sa = h.join(&claims("alice", "r"), None, None, a).unwrap();
+        let sb = h.join(&claims("bob", "r"), None, None, b).unwrap();
+        assert_eq!(drain(&mut ra)[0]["room"]["mode"], "mesh");
+        assert_eq!(drain(&mut rb)[0]["room"]["mode"], "mesh");
+        assert!(
+            rec.calls.lock().unwrap().is_empty(),
+            "a mesh room uses no SFU"
+        );
+        assert_eq!(
+            h.media_signal(&sa, MediaSignal::Offer("v=0".into()))
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownParticipant
+        );
+        let sc = h.join(&claims("carol", "r"), None, None, c).unwrap();
+        let to_a = drain(&mut ra);
+        assert_eq!(to_a[0]["type"], "room_mode");
+        assert_eq!(to_a[0]["mode"], "sfu");
+        assert_eq!(to_a[1]["type"], "participant_joined");
+        assert_eq!(drain(&mut rb)[0]["type"], "room_mode");
+        assert_eq!(drain(&mut rc)[0]["room"]["mode"], "sfu");
+        let mut joins = rec.calls.lock().unwrap().clone();
+        joins.sort();
+        let mut want = vec![
+            format!("join r {}", sa.id),
+            format!("join r {}", sb.id),
+            format!("join r {}", sc.id),
+        ];
+        want.sort();
+        assert_eq!(joins, want, "everyone is handed to the SFU, nobody left");
+        h.media_signal(&sa, MediaSignal::Offer("v=0".into()))
+            .unwrap();
+        // It stays an SFU room when it shrinks.
+        h.leave(&sc, "left");
+        h.leave(&sb, "left");
+        let (d, mut rd, _) = Outbox::new(4, 16);
+        h.join(&claims("dave", "r"), None, None, d).unwrap();
+        assert_eq!(drain(&mut rd)[0]["room"]["mode"], "sfu");
     }
 
     #[tokio::test]

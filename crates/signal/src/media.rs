@@ -74,6 +74,14 @@ impl MediaSink {
             .is_some_and(|hub| hub.deliver(&self.room, &self.participant, msg))
     }
 
+    /// Send an event that is not a [`ServerMessage`] variant (e.g. `{"type":"active_speaker",...}`), serialized
+    /// once by the caller and shared among recipients.
+    pub fn send_text(&self, text: std::sync::Arc<str>) -> bool {
+        self.hub
+            .upgrade()
+            .is_some_and(|hub| hub.deliver_text(&self.room, &self.participant, text))
+    }
+
     /// The room name.
     pub fn room(&self) -> &str {
         &self.room

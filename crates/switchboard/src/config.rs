@@ -92,10 +92,13 @@ impl Default for LimitsConfig {
 pub struct RoomsConfig {
     pub max_participants: usize,
     pub reconnect_grace_secs: u64,
-    /// Mode of new rooms: `mesh` (peer to peer) or `sfu` (through the SFU).
+    /// Mode of new rooms: `mesh` (peer to peer), `sfu` (through the SFU) or `auto` (mesh, moved to the SFU
+    /// when it grows past `auto-threshold` participants).
     pub default_mode: String,
     /// Per-room modes overriding `default-mode`, e.g. `{ townhall = "sfu" }`.
     pub modes: BTreeMap<String, String>,
+    /// An `auto` room moves to the SFU when a join makes it larger than this.
+    pub auto_threshold: usize,
 }
 
 impl Default for RoomsConfig {
@@ -105,6 +108,7 @@ impl Default for RoomsConfig {
             reconnect_grace_secs: 20,
             default_mode: "mesh".into(),
             modes: BTreeMap::new(),
+            auto_threshold: 4,
         }
     }
 }
@@ -151,6 +155,7 @@ impl Config {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                auto_threshold: self.rooms.auto_threshold,
             },
         }
     }
@@ -167,12 +172,15 @@ impl Config {
             bail!("rooms.max-participants must be at least 1");
         }
         for mode in std::iter::once(&self.rooms.default_mode).chain(self.rooms.modes.values()) {
-            if mode != "mesh" && mode != "sfu" {
-                bail!("room mode `{mode}` is unknown: use `mesh` or `sfu`");
+            if !matches!(mode.as_str(), "mesh" | "sfu" | "auto") {
+                bail!("room mode `{mode}` is unknown: use `mesh`, `sfu` or `auto`");
             }
-            if mode == "sfu" && !self.sfu.enabled {
-                bail!("a room mode is `sfu` but the SFU is disabled (sfu.enabled = false)");
+            if mode != "mesh" && !self.sfu.enabled {
+                bail!("a room mode is `{mode}` but the SFU is disabled (sfu.enabled = false)");
             }
+        }
+        if self.rooms.auto_threshold == 0 {
+            bail!("rooms.auto-threshold must be at least 1");
         }
         if self.http.tls == TlsMode::Files && (self.http.cert.is_none() || self.http.key.is_none())
         {
@@ -289,6 +297,35 @@ mod tests {
         let env = vec![("SWITCHBOARD_TURN_REALMM".to_string(), "x".to_string())];
         let err = load(None, env.into_iter(), vec![]).unwrap_err();
         assert!(format!("{err:#}").contains("realmm"), "{err:#}");
+    }
+
+    #[test]
+    fn auto_mode_and_threshold() {
+        let env = vec![
+            (
+                "SWITCHBOARD_ROOMS_DEFAULT_MODE".to_string(),
+                "auto".to_string(),
+            ),
+            (
+                "SWITCHBOARD_ROOMS_AUTO_THRESHOLD".to_string(),
+                "6".to_string(),
+            ),
+        ];
+        let c = load(None, env.into_iter(), vec![]).unwrap();
+        assert_eq!(c.signal_config().hub.default_mode, "auto");
+        assert_eq!(c.signal_config().hub.auto_threshold, 6);
+        assert_eq!(
+            load(None, std::iter::empty(), vec![])
+                .unwrap()
+                .rooms
+                .auto_threshold,
+            4
+        );
+        let bad = vec![(
+            "SWITCHBOARD_ROOMS_DEFAULT_MODE".to_string(),
+            "mcuu".to_string(),
+        )];
+        assert!(load(None, bad.into_iter(), vec![]).is_err());
     }
 
     #[test]

@@ -1,0 +1,46 @@
+// Active speaker in an sfu room: the SFU reads each publisher's audio level (RFC 6464 header extension) and
+// sends `{"type":"active_speaker","id":...}` to the room when the loudest participant changes. Three participants
+// with Chromium's fake microphone (a periodic beep): with only Alice unmuted everyone is told Alice speaks; then
+// Alice mutes and Bob unmutes, and everyone is told Bob speaks.
+//
+// Run: cargo build -p switchboard && node --test --test-concurrency=1 tests/sfu/speaker.test.mjs
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Harness, waitForMediaFrom } from '../e2e/lib/harness.mjs';
+import { joinSdk } from './lib.mjs';
+
+const h = new Harness();
+after(() => h.close());
+
+process.env.SWITCHBOARD_SFU_ENABLED = 'true';
+
+async function speakerIs(p, id, what) {
+  try {
+    await p.page.waitForFunction((id) => window.switchboardApp.room.activeSpeaker?.id === id, id, { timeout: 15000, polling: 100 });
+  } catch (err) {
+    const ev = await p.page.evaluate(() => window.switchboardApp.events.filter((e) => e.type === 'active_speaker'));
+    throw new Error(`${p.name}: ${what}: ${err.message}; active_speaker events: ${JSON.stringify(ev)}`);
+  }
+}
+
+test('active speaker: the unmuted participant is announced to everyone, and the next one when it changes', { timeout: 150000 }, async () => {
+  process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'sfu';
+  const server = await h.startServer();
+  const browser = await h.launchBrowser();
+  const ps = [];
+  for (const name of ['Alice', 'Bob', 'Carol']) {
+    const p = await joinSdk(browser, server, 'speaker', name);
+    if (name !== 'Alice') await p.page.evaluate(() => window.switchboardApp.room.mute('audio'));
+    ps.push(p);
+  }
+  const [alice, bob] = ps;
+  for (const p of ps) await waitForMediaFrom(p.page, ps.filter((o) => o !== p).map((o) => o.id), { timeout: 40000, what: `${p.name} receiving everyone` });
+  for (const p of ps) await speakerIs(p, alice.id, 'Alice (the only one unmuted) is the active speaker');
+  await alice.page.evaluate(() => window.switchboardApp.room.mute('audio'));
+  await bob.page.evaluate(() => window.switchboardApp.room.unmute('audio'));
+  const t0 = Date.now();
+  for (const p of ps) await speakerIs(p, bob.id, 'Bob is the active speaker after Alice muted and Bob unmuted');
+  console.log(`# active speaker moved to Bob after ${Date.now() - t0} ms`);
+  const events = await ps[2].page.evaluate(() => window.switchboardApp.events.filter((e) => e.type === 'active_speaker').map((e) => e.id));
+  assert.ok(!events.includes(ps[2].id), 'Carol (muted throughout) was never the active speaker');
+});
