@@ -1,4 +1,4 @@
-// Switchboard demo app: lobby at "/", call at "/room/<name>?name=<display name>[&relay=1][#token=<jwt>]".
+// Switchboard demo app: lobby at "/", call at "/room/<name>?name=<display name>[&relay=1][&simulcast=0][#token=<jwt>]".
 //
 // Test hook (documented, stable): `window.switchboardApp` =
 //   { room, ready: Promise<Room>, roomName, displayName, relay,
@@ -112,7 +112,9 @@ async function startCall() {
     showError(`Could not get an access token: ${err.message}`);
     throw err;
   }
-  const room = new Room('/ws', token, { iceTransportPolicy: relay ? 'relay' : 'all' });
+  // `?simulcast=0` publishes a single video layer in SFU rooms (default: three simulcast layers).
+  const simulcast = params.get('simulcast') !== '0';
+  const room = new Room('/ws', token, { iceTransportPolicy: relay ? 'relay' : 'all', simulcast });
   app.room = room;
   wireRoom(room);
 

@@ -212,7 +212,7 @@ export class Harness {
    * Opens the app for one participant in its own browser context and waits until it joined the room.
    * Returns `{context, page, name, id}`.
    */
-  async join(browser, server, room, name, { relay = false, timeout = 20000, viewport = { width: 1280, height: 720 } } = {}) {
+  async join(browser, server, room, name, { relay = false, simulcast = true, timeout = 20000, viewport = { width: 1280, height: 720 } } = {}) {
     const context = await browser.newContext({ viewport, permissions: ['camera', 'microphone'] });
     const page = await context.newPage();
     const consoleLines = [];
@@ -223,6 +223,7 @@ export class Harness {
     page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
     const q = new URLSearchParams({ name });
     if (relay) q.set('relay', '1');
+    if (!simulcast) q.set('simulcast', '0');
     await page.goto(`${server.url}/room/${encodeURIComponent(room)}?${q}`, { timeout });
     try {
       await page.waitForFunction(() => window.switchboardApp?.room?.signalingState === 'connected' && !!window.switchboardApp.room.localParticipant, null, { timeout });
