@@ -4,56 +4,21 @@
 //   node --test tests/native/      (binary: SWITCHBOARD_BIN, else target/debug/switchboard; NATIVE_FILE_MIB to resize)
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Harness, serverBin, until, waitForChannels } from '../e2e/lib/harness.mjs';
+import { Harness, until, waitForChannels } from '../e2e/lib/harness.mjs';
+import { killAll, startCli } from './lib.mjs';
 
 const MIB = Number(process.env.NATIVE_FILE_MIB || 20);
 const FILE_SIZE = MIB * 1024 * 1024 + 77; // not a multiple of the 16 KiB chunk
 
 const h = new Harness();
-const children = [];
 after(async () => {
-  for (const c of children) {
-    if (c.exitCode === null && c.signalCode === null) {
-      try {
-        process.kill(c.pid, 'SIGKILL');
-      } catch (_) {
-        /* gone */
-      }
-    }
-  }
+  killAll();
   await h.close();
 });
-
-/** Starts `switchboard join` and collects its stdout/stderr lines. */
-function startCli(args) {
-  const proc = spawn(serverBin(), ['join', ...args], {
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn', NO_COLOR: '1', RUST_BACKTRACE: '0' },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  children.push(proc);
-  const cli = { proc, stdout: [], stderr: [], exited: null };
-  for (const [name, stream] of [['stdout', proc.stdout], ['stderr', proc.stderr]]) {
-    let buf = '';
-    stream.on('data', (chunk) => {
-      buf += chunk.toString();
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        cli[name].push(buf.slice(0, i).replace(/\r$/, ''));
-        buf = buf.slice(i + 1);
-      }
-    });
-  }
-  proc.on('exit', (code, signal) => {
-    cli.exited = { code, signal };
-  });
-  cli.log = () => `--- cli stdout\n${cli.stdout.join('\n')}\n--- cli stderr\n${cli.stderr.join('\n')}`;
-  return cli;
-}
 
 function sha256File(file) {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');

@@ -21,6 +21,23 @@ const CHANNELS = {
   file: { id: 2, label: 'file', init: { ordered: true } },
 };
 
+/** Adds one `inbound-rtp` stats entry to a per-peer summary ({video: {...}, audio: {...}}). */
+function addInbound(out, s) {
+  const k = s.kind || s.mediaType;
+  if (k === 'video') {
+    out.video.framesDecoded += s.framesDecoded || 0;
+    out.video.framesReceived += s.framesReceived || 0;
+    out.video.packetsReceived += s.packetsReceived || 0;
+    out.video.packetsLost += s.packetsLost || 0;
+    out.video.frameWidth = Math.max(out.video.frameWidth, s.frameWidth || 0);
+    out.video.frameHeight = Math.max(out.video.frameHeight, s.frameHeight || 0);
+  } else if (k === 'audio') {
+    out.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
+    out.audio.packetsReceived += s.packetsReceived || 0;
+    out.audio.packetsLost += s.packetsLost || 0;
+  }
+}
+
 /** Socket-closing error codes: reconnecting with the same credentials would fail the same way. */
 const FATAL_CODES = new Set(['unauthorized', 'forbidden', 'room_full', 'unsupported_protocol', 'replaced']);
 
@@ -563,19 +580,7 @@ class Peer {
     report.forEach((s) => {
       if (s.type === 'inbound-rtp') {
         inBytes += s.bytesReceived || 0;
-        const k = s.kind || s.mediaType;
-        if (k === 'video') {
-          out.video.framesDecoded += s.framesDecoded || 0;
-          out.video.framesReceived += s.framesReceived || 0;
-          out.video.packetsReceived += s.packetsReceived || 0;
-          out.video.packetsLost += s.packetsLost || 0;
-          out.video.frameWidth = Math.max(out.video.frameWidth, s.frameWidth || 0);
-          out.video.frameHeight = Math.max(out.video.frameHeight, s.frameHeight || 0);
-        } else if (k === 'audio') {
-          out.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
-          out.audio.packetsReceived += s.packetsReceived || 0;
-          out.audio.packetsLost += s.packetsLost || 0;
-        }
+        addInbound(out, s);
       } else if (s.type === 'outbound-rtp') {
         outBytes += s.bytesSent || 0;
       } else if (s.type === 'data-channel') {
@@ -923,19 +928,7 @@ class SfuPeer extends Peer {
       const o = owner && out[owner];
       if (!o) return;
       o.bytesReceived += s.bytesReceived || 0;
-      const k = s.kind || s.mediaType;
-      if (k === 'video') {
-        o.video.framesDecoded += s.framesDecoded || 0;
-        o.video.framesReceived += s.framesReceived || 0;
-        o.video.packetsReceived += s.packetsReceived || 0;
-        o.video.packetsLost += s.packetsLost || 0;
-        o.video.frameWidth = Math.max(o.video.frameWidth, s.frameWidth || 0);
-        o.video.frameHeight = Math.max(o.video.frameHeight, s.frameHeight || 0);
-      } else if (k === 'audio') {
-        o.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
-        o.audio.packetsReceived += s.packetsReceived || 0;
-        o.audio.packetsLost += s.packetsLost || 0;
-      }
+      addInbound(o, s);
     });
     for (const o of Object.values(out)) {
       const prev = this.prevByParticipant.get(o.participantId);
