@@ -39,14 +39,19 @@ wait_udp() { # wait until something answers STUN on 127.0.0.1:$1
   echo "server on port $1 did not come up" >&2; exit 1
 }
 
-# run_load PORT → prints "msgs_per_s loss_pct rtt_ms sent recv"
+# CPU time (user+system, all threads) a process has used, in seconds.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# run_load PORT SERVER_PID → prints "msgs_per_s loss_pct rtt_ms sent recv server_cpu_s"
 run_load() {
-  local out t0 t1
+  local out t0 t1 c0 c1
+  c0=$(cpu_secs "$2")
   t0=$(date +%s.%N)
   out=$(turnutils_uclient ${TRANSPORT_FLAG[@]+"${TRANSPORT_FLAG[@]}"} -y -c -n "$MSGS" -m "$CLIENTS" -l "$LEN" -z "$INTERVAL" \
         -p "$1" -u alice -w secret 127.0.0.1 2>&1)
   t1=$(date +%s.%N)
-  python3 - "$out" "$t0" "$t1" <<'PY'
+  c1=$(cpu_secs "$2")
+  python3 - "$out" "$t0" "$t1" "$c0" "$c1" <<'PY'
 import re, sys
 t = sys.argv[1]
 wall = max(float(sys.argv[3]) - float(sys.argv[2]), 1e-3)
@@ -56,7 +61,8 @@ recv = int(re.search(r"tot_recv_msgs=(\d+)", tot[-1]).group(1)) if tot else 0
 loss = re.search(r"Total lost packets \d+ \(([\d.]+)%\)", t)
 rtt = re.search(r"Average round trip delay ([\d.]+) ms", t)
 # msgs/s over the whole uclient run (wall clock, includes allocation setup; same for both servers)
-print(f"{recv/wall:.0f} {float(loss.group(1)) if loss else 100.0:.3f} {float(rtt.group(1)) if rtt else -1:.3f} {send} {recv}")
+cpu = float(sys.argv[5]) - float(sys.argv[4])
+print(f"{recv/wall:.0f} {float(loss.group(1)) if loss else 100.0:.3f} {float(rtt.group(1)) if rtt else -1:.3f} {send} {recv} {cpu:.2f}")
 PY
 }
 
@@ -64,16 +70,26 @@ P1=$(free_port); P2=$(free_port)
 turnserver -n --no-cli --no-tls --no-dtls --allow-loopback-peers --lt-cred-mech --realm bench --user alice:secret \
   --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$P1" --min-port 40000 --max-port 44999 \
   --relay-threads "$THREADS" --no-stdout-log --log-file /dev/null >/dev/null 2>&1 &
-PIDS+=($!)
+C_PID=$!; PIDS+=($C_PID)
 "$BIN" turn --listening-ip 127.0.0.1 --relay-ip 127.0.0.1 --listening-port "$P2" --realm bench --user alice:secret \
   --allowed-peer-ip 127.0.0.1 --min-port 45000 --max-port 49999 --relay-threads "$THREADS" >/dev/null 2>/dev/null &
-PIDS+=($!)
+S_PID=$!; PIDS+=($S_PID)
 wait_udp "$P1"; wait_udp "$P2"
 
 echo "load: $CLIENTS uclient sessions (-y: relayed to each other), $MSGS msgs each, $LEN bytes, every ${INTERVAL} ms, relay-threads=$THREADS ${TRANSPORT_FLAG[*]:-udp}"
-read -r C_RATE C_LOSS C_RTT C_SENT C_RECV < <(run_load "$P1")
-read -r S_RATE S_LOSS S_RTT S_SENT S_RECV < <(run_load "$P2")
-printf "%-12s %10s %8s %9s %9s %9s\n" server "msgs/s" "loss%" "rtt_ms" sent recv
-printf "%-12s %10s %8s %9s %9s %9s\n" coturn "$C_RATE" "$C_LOSS" "$C_RTT" "$C_SENT" "$C_RECV"
-printf "%-12s %10s %8s %9s %9s %9s\n" switchboard "$S_RATE" "$S_LOSS" "$S_RTT" "$S_SENT" "$S_RECV"
-python3 -c "import sys; c,s=float(sys.argv[1]),float(sys.argv[2]); print(f'ratio switchboard/coturn msgs/s: {s/c:.2f}' if c else 'ratio: n/a')" "$C_RATE" "$S_RATE"
+read -r C_RATE C_LOSS C_RTT C_SENT C_RECV C_CPU < <(run_load "$P1" "$C_PID")
+read -r S_RATE S_LOSS S_RTT S_SENT S_RECV S_CPU < <(run_load "$P2" "$S_PID")
+printf "%-12s %10s %8s %9s %9s %9s %10s %14s\n" server "msgs/s" "loss%" "rtt_ms" sent recv "cpu_s" "msgs/cpu_s"
+for who in C S; do
+  name=coturn; [[ $who == S ]] && name=switchboard
+  rate=${who}_RATE loss=${who}_LOSS rtt=${who}_RTT sent=${who}_SENT recv=${who}_RECV cpu=${who}_CPU
+  per_cpu=$(python3 -c "import sys; r,c=float(sys.argv[1]),float(sys.argv[2]); print(f'{r/c:.0f}' if c > 0 else 'n/a')" "${!recv}" "${!cpu}")
+  printf "%-12s %10s %8s %9s %9s %9s %10s %14s\n" "$name" "${!rate}" "${!loss}" "${!rtt}" "${!sent}" "${!recv}" "${!cpu}" "$per_cpu"
+done
+python3 - "$C_RATE" "$S_RATE" "$C_RECV" "$C_CPU" "$S_RECV" "$S_CPU" <<'PY'
+import sys
+cr, sr, crecv, ccpu, srecv, scpu = map(float, sys.argv[1:])
+print(f"ratio switchboard/coturn relayed msgs/s: {sr/cr:.2f}" if cr else "ratio msgs/s: n/a")
+if ccpu > 0 and scpu > 0:
+    print(f"ratio switchboard/coturn relayed msgs per server CPU-second: {(srecv/scpu)/(crecv/ccpu):.2f}")
+PY
