@@ -524,14 +524,6 @@ fn valid_msid(s: &str) -> bool {
         })
 }
 
-fn random_hex(n: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
-}
-
 pub(crate) struct Engine {
     socket: Arc<UdpSocket>,
     /// Destination of received datagrams, as str0m knows our candidates.
@@ -1225,7 +1217,7 @@ impl Engine {
             can_publish_data,
         } = perms;
         let now = Instant::now();
-        let ufrag = random_hex(8);
+        let ufrag = signal::random_hex(8);
         let mut config = Rtc::builder();
         if let Some(cert) = &self.dtls_cert {
             config = config.set_dtls_cert(cert.clone());
@@ -1235,7 +1227,7 @@ impl Engine {
             .set_ice_lite(true)
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
-                pass: random_hex(16),
+                pass: signal::random_hex(16),
             })
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
@@ -1536,7 +1528,7 @@ impl Engine {
         offer: &str,
     ) -> Result<HttpSession, String> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| format!("bad SDP offer: {e}"))?;
-        let rid = random_hex(8);
+        let rid = signal::random_hex(8);
         let pid = format!("{}_{rid}", kind.prefix());
         let (role, publish) = match kind {
             HttpKind::Whip => (Role::Whip, true),

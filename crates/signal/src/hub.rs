@@ -15,6 +15,7 @@ use crate::protocol::{
     ErrorCode, IceServer, ParticipantInfo, Permissions, ProtocolError, RoomInfo, ServerMessage,
     PROTOCOL_VERSION,
 };
+use crate::random_hex;
 use crate::token::Claims;
 
 /// Something to write to a client's socket.
@@ -140,13 +141,6 @@ pub struct Hub {
 struct After {
     media_joins: Vec<(String, String, Permissions)>,
     media_leaves: Vec<(String, String)>,
-}
-
-fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut b = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn room_info(name: &str, room: &Room) -> RoomInfo {

@@ -37,6 +37,20 @@ pub use media::{MediaServer, MediaSignal, MediaSink, SFU_ID};
 pub use protocol::IceServer;
 pub use token::{Claims, KeySet, TokenKey, VideoGrant};
 
+/// `bytes` random bytes as lowercase hex (ids, resume tokens, secrets).
+///
+/// ```
+/// let h = signal::random_hex(4);
+/// assert_eq!(h.len(), 8);
+/// assert!(h.chars().all(|c| c.is_ascii_hexdigit()));
+/// ```
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Signaling limits and room settings (`[limits]` and `[rooms]` in the config file).
 #[derive(Debug, Clone)]
 pub struct SignalConfig {

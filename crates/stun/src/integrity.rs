@@ -50,19 +50,29 @@ pub(crate) fn fingerprint_parts(header: &[u8], len: u16, body: &[u8]) -> u32 {
     h.finalize() ^ FINGERPRINT_XOR
 }
 
+/// HMAC over a STUN message whose header length field is replaced by `len` (the length the message has up to and
+/// including the integrity attribute being computed), as RFC 8489 §14.5/§14.6 prescribe.
+fn hmac_parts<M: Mac + hmac::digest::KeyInit>(
+    key: &[u8],
+    header: &[u8],
+    len: u16,
+    body: &[u8],
+) -> Result<hmac::digest::Output<M>, StunError> {
+    let mut mac = <M as Mac>::new_from_slice(key).map_err(|_| StunError::IntegrityMismatch)?;
+    mac.update(&header[..2]);
+    mac.update(&len.to_be_bytes());
+    mac.update(&header[4..20]);
+    mac.update(body);
+    Ok(mac.finalize().into_bytes())
+}
+
 pub(crate) fn hmac_sha1_parts(
     key: &[u8],
     header: &[u8],
     len: u16,
     body: &[u8],
 ) -> Result<[u8; 20], StunError> {
-    let mut mac =
-        <Hmac<Sha1> as Mac>::new_from_slice(key).map_err(|_| StunError::IntegrityMismatch)?;
-    mac.update(&header[..2]);
-    mac.update(&len.to_be_bytes());
-    mac.update(&header[4..20]);
-    mac.update(body);
-    Ok(mac.finalize().into_bytes().into())
+    Ok(hmac_parts::<Hmac<Sha1>>(key, header, len, body)?.into())
 }
 
 pub(crate) fn hmac_sha256_parts(
@@ -71,13 +81,7 @@ pub(crate) fn hmac_sha256_parts(
     len: u16,
     body: &[u8],
 ) -> Result<[u8; 32], StunError> {
-    let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| StunError::IntegrityMismatch)?;
-    mac.update(&header[..2]);
-    mac.update(&len.to_be_bytes());
-    mac.update(&header[4..20]);
-    mac.update(body);
-    Ok(mac.finalize().into_bytes().into())
+    Ok(hmac_parts::<Hmac<Sha256>>(key, header, len, body)?.into())
 }
 
 /// Constant-time-ish comparison (length leak only).

@@ -127,7 +127,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut turn_secret = String::new();
     let turn_server = if config.turn.enabled {
         if config.turn.static_auth_secret.is_none() {
-            config.turn.static_auth_secret = Some(random_secret());
+            config.turn.static_auth_secret = Some(signal::random_hex(24));
         }
         if dev
             && config.turn.allowed_peer_ip.is_empty()
@@ -265,13 +265,6 @@ fn ice_host(config: &Config, turn_ip: Option<IpAddr>) -> String {
     }
 }
 
-fn random_secret() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 24];
-    rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(crate::web::index))
@@ -330,7 +323,7 @@ async fn dev_token(State(s): State<AppState>, Query(q): Query<DevTokenQuery>) ->
     let identity = format!(
         "{}-{}",
         if slug.is_empty() { "guest" } else { &slug },
-        &random_secret()[..6]
+        signal::random_hex(3)
     );
     let mut claims = signal::Claims::new(
         &identity,

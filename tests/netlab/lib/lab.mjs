@@ -32,42 +32,9 @@ export const ORIGIN = `http://${SERVER_IP}:${HTTP_PORT}`;
 export const API_KEY = 'labkey';
 export const API_SECRET = 'lab-secret-0123456789';
 
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-export function serverBin() {
-  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
-  if (process.env.CARGO_TARGET_DIR) return path.join(process.env.CARGO_TARGET_DIR, 'debug', 'switchboard');
-  return path.join(REPO, 'target', 'debug', 'switchboard');
-}
-
-/** Polls `fn` until truthy; throws naming `what` and the last value on timeout. */
-export async function until(fn, { timeout = 20000, interval = 250, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) {
-      const detail = last instanceof Error ? last.message : JSON.stringify(last);
-      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${detail})`);
-    }
-    await sleep(interval);
-  }
-}
-
-export function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
+// The shared test helpers of the browser suite (one definition for both).
+export { serverBin, sleep, until, withTimeout } from '../../e2e/lib/harness.mjs';
+import { serverBin, sleep, until, withTimeout } from '../../e2e/lib/harness.mjs';
 
 /** Runs lib/netlab.sh synchronously (throws with its stderr on failure). */
 export function netlab(...args) {
