@@ -95,15 +95,23 @@ function whepCounters(page) {
   });
 }
 
-async function waitWhepMedia(page, what, { audio = true, timeout = 30000 } = {}) {
+/**
+ * Waits until the viewer decodes more than 5 video frames (and new audio samples) beyond `since` (counters taken
+ * earlier, e.g. before a publisher switch), then checks that decoding keeps going for 2 s. Returns the
+ * counters and how long the first new frame took.
+ */
+async function waitWhepMedia(page, what, { audio = true, timeout = 30000, since = null } = {}) {
+  const base = since || { framesDecoded: 0, totalSamplesReceived: 0 };
+  const t0 = Date.now();
   const first = await until(async () => {
     const c = await whepCounters(page);
-    return c.framesDecoded > 0 && (!audio || c.totalSamplesReceived > 0) && c;
-  }, { timeout, interval: 500, what });
+    return c.framesDecoded > base.framesDecoded + 5 && (!audio || c.totalSamplesReceived > base.totalSamplesReceived) && c;
+  }, { timeout, interval: 100, what });
+  const waited = Date.now() - t0;
   await sleep(2000);
   const second = await whepCounters(page);
   assert.ok(second.framesDecoded - first.framesDecoded > 5, `${what}: frames stalled (${first.framesDecoded} → ${second.framesDecoded})`);
-  return second;
+  return { ...second, waited };
 }
 
 test('WHIP publish from Chromium, WHEP view in Chromium, the sfu room sees it; DELETE ends it; tokens checked', { timeout: 120000 }, async () => {
@@ -153,8 +161,12 @@ test('WHIP publish from Chromium, WHEP view in Chromium, the sfu room sees it; D
   assert.equal(again, 404, 'a deleted session is gone');
   assert.equal(await gauge(), 2);
   await alice.page.waitForFunction((id) => !window.switchboardApp.room.participants.has(id), whipId, { timeout: 15000 });
-  // The WHEP viewer is fed from the room's remaining publisher (Alice) instead.
-  await waitWhepMedia(viewer, 'WHEP viewer switched to the next publisher');
+  // The WHEP viewer is fed from the room's remaining publisher (Alice) instead: its counters grow again
+  // after the old publisher's last frames (taken 300 ms after the leave was seen).
+  await sleep(300);
+  const beforeSwitch = await whepCounters(viewer);
+  const switched = await waitWhepMedia(viewer, 'WHEP viewer switched to the next publisher', { since: beforeSwitch, timeout: 10000 });
+  console.log(`# WHEP viewer decoded the next publisher's media ${switched.waited} ms after the leave`);
   await h.close();
 });
 
