@@ -1,5 +1,6 @@
-//! The `switchboard` binary: `serve`, `turn`, `token`.
+//! The `switchboard` binary: `serve`, `turn`, `token`, `join`, `bench`.
 
+mod bench;
 mod config;
 mod join_cmd;
 mod serve;
@@ -31,6 +32,8 @@ enum Command {
     Token(token_cmd::TokenArgs),
     /// Join a room as a native participant (terminal chat, file transfer, media).
     Join(join_cmd::JoinArgs),
+    /// Load generators for benchmarks (TURN relay, SFU); bounded, loopback by default.
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -58,5 +61,6 @@ async fn run() -> anyhow::Result<()> {
         Command::Turn(args) => turn_cmd::run(args).await,
         Command::Token(args) => token_cmd::run(args),
         Command::Join(args) => join_cmd::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
