@@ -50,6 +50,9 @@ pub enum Error {
     /// Local I/O (reading a file, binding a socket).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS setup failed (an unreadable `--ca-file`, a host name that cannot be a TLS server name).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The WebRTC stack (str0m) refused an operation.
     #[error("WebRTC error: {0}")]
     Rtc(#[from] str0m::RtcError),

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceServer {
-    /// `stun:host[:port]`, `turn:host[:port][?transport=udp|tcp]` URLs (`turns:` is not supported and
-    /// is skipped).
+    /// `stun:host[:port]`, `turn:host[:port][?transport=udp|tcp]` and `turns:host[:port][?transport=tcp]`
+    /// (TURN over TLS) URLs; other schemes are skipped.
     #[serde(deserialize_with = "one_or_many")]
     pub urls: Vec<String>,
     /// TURN username (TURN REST: `expiry:participant`).
@@ -42,11 +42,33 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
-/// Transport to a TURN server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Transport to a TURN server, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum TurnTransport {
     Udp,
     Tcp,
+    /// TLS over TCP (`turns:`).
+    Tls,
+}
+
+impl TurnTransport {
+    /// All transports, in fallback order.
+    pub const ALL: [TurnTransport; 3] =
+        [TurnTransport::Udp, TurnTransport::Tcp, TurnTransport::Tls];
+
+    /// Name shown in events and logs (`udp`, `tcp`, `tls`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TurnTransport::Udp => "udp",
+            TurnTransport::Tcp => "tcp",
+            TurnTransport::Tls => "tls",
+        }
+    }
+
+    /// A byte stream (TCP or TLS): RFC 4571-style framing, no retransmissions.
+    pub fn is_stream(self) -> bool {
+        self != TurnTransport::Udp
+    }
 }
 
 /// A parsed ICE server URL.
@@ -63,7 +85,8 @@ pub(crate) enum IceUrl {
     },
 }
 
-/// Parses `stun:`/`turn:` URLs (RFC 7064/7065). `turns:` and unknown schemes give `None`.
+/// Parses `stun:`/`turn:`/`turns:` URLs (RFC 7064/7065). Unknown schemes, `turns:` over UDP (DTLS) and
+/// `stuns:` give `None`. The default port is 3478, or 5349 for `turns:`.
 pub(crate) fn parse_url(url: &str) -> Option<IceUrl> {
     let (scheme, rest) = url.trim().split_once(':')?;
     let scheme = scheme.to_ascii_lowercase();
@@ -72,18 +95,19 @@ pub(crate) fn parse_url(url: &str) -> Option<IceUrl> {
         None => (rest, None),
     };
     let hostport = hostport.trim_start_matches("//");
+    let default_port = if scheme == "turns" { 5349 } else { 3478 };
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (h, after) = v6.split_once(']')?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().ok()?,
-            None if after.is_empty() => 3478,
+            None if after.is_empty() => default_port,
             None => return None,
         };
         (h.to_string(), port)
     } else {
         match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse().ok()?),
-            None => (hostport.to_string(), 3478),
+            None => (hostport.to_string(), default_port),
         }
     };
     if host.is_empty() {
@@ -91,7 +115,8 @@ pub(crate) fn parse_url(url: &str) -> Option<IceUrl> {
     }
     match scheme.as_str() {
         "stun" => Some(IceUrl::Stun { host, port }),
-        "turn" => {
+        "turn" | "turns" => {
+            let tls = scheme == "turns";
             let transport = match query
                 .and_then(|q| {
                     q.split('&')
@@ -100,9 +125,11 @@ pub(crate) fn parse_url(url: &str) -> Option<IceUrl> {
                 })
                 .as_deref()
             {
-                None | Some("udp") => TurnTransport::Udp,
+                None | Some("tcp") if tls => TurnTransport::Tls,
+                None | Some("udp") if !tls => TurnTransport::Udp,
                 Some("tcp") => TurnTransport::Tcp,
-                Some(_) => return None,
+                // `turns:...?transport=udp` is TURN over DTLS: not supported.
+                None | Some(_) => return None,
             };
             Some(IceUrl::Turn {
                 host,
@@ -114,13 +141,26 @@ pub(crate) fn parse_url(url: &str) -> Option<IceUrl> {
     }
 }
 
-/// A TURN server with resolved addresses: the UDP one is tried first, then TCP.
+/// A TURN server with resolved addresses: the UDP one is tried first, then TCP, then TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TurnServer {
     pub udp: Option<SocketAddr>,
     pub tcp: Option<SocketAddr>,
+    /// TURN over TLS: the address and the host name of the URL (SNI and certificate check).
+    pub tls: Option<(SocketAddr, String)>,
     pub username: String,
     pub password: String,
+}
+
+impl TurnServer {
+    /// The address to reach this server over `transport`, if its URLs offer it.
+    pub fn addr(&self, transport: TurnTransport) -> Option<SocketAddr> {
+        match transport {
+            TurnTransport::Udp => self.udp,
+            TurnTransport::Tcp => self.tcp,
+            TurnTransport::Tls => self.tls.as_ref().map(|(a, _)| *a),
+        }
+    }
 }
 
 /// The ICE configuration a peer connection uses.
@@ -155,6 +195,7 @@ pub(crate) async fn resolve_ice_servers(servers: &[IceServer]) -> IceConfig {
         let mut turn = TurnServer {
             udp: None,
             tcp: None,
+            tls: None,
             username: s.username.clone().unwrap_or_default(),
             password: s.credential.clone().unwrap_or_default(),
         };
@@ -175,6 +216,14 @@ pub(crate) async fn resolve_ice_servers(servers: &[IceServer]) -> IceConfig {
                     let slot = match transport {
                         TurnTransport::Udp => &mut turn.udp,
                         TurnTransport::Tcp => &mut turn.tcp,
+                        TurnTransport::Tls => {
+                            if turn.tls.is_none() {
+                                if let Some(a) = resolve(&host, port).await {
+                                    turn.tls = Some((a, host));
+                                }
+                            }
+                            continue;
+                        }
                     };
                     if slot.is_none() {
                         *slot = resolve(&host, port).await;
@@ -183,7 +232,7 @@ pub(crate) async fn resolve_ice_servers(servers: &[IceServer]) -> IceConfig {
                 None => tracing::debug!(%url, "unsupported ICE server URL skipped"),
             }
         }
-        if turn.udp.is_some() || turn.tcp.is_some() {
+        if turn.udp.is_some() || turn.tcp.is_some() || turn.tls.is_some() {
             cfg.turn.push(turn);
         }
     }
@@ -219,18 +268,70 @@ mod tests {
                 transport: TurnTransport::Udp
             })
         );
-        assert_eq!(parse_url("turns:example.org:5349?transport=tcp"), None);
         assert_eq!(parse_url("turn:x:1?transport=sctp"), None);
         assert_eq!(parse_url("stun:"), None);
         assert_eq!(parse_url("garbage"), None);
         assert_eq!(parse_url("stun:host:notaport"), None);
     }
 
+    #[test]
+    fn parses_turns_urls_as_tls_over_tcp() {
+        let tls = |host: &str, port| {
+            Some(IceUrl::Turn {
+                host: host.into(),
+                port,
+                transport: TurnTransport::Tls,
+            })
+        };
+        assert_eq!(
+            parse_url("turns:example.org:5349?transport=tcp"),
+            tls("example.org", 5349)
+        );
+        // No transport: TCP; no port: 5349 (RFC 7065).
+        assert_eq!(parse_url("turns:example.org"), tls("example.org", 5349));
+        assert_eq!(parse_url("TURNS:Example.org:443"), tls("Example.org", 443));
+        assert_eq!(parse_url("turns:[2001:db8::1]"), tls("2001:db8::1", 5349));
+        assert_eq!(
+            parse_url("turns:[2001:db8::1]:5350?transport=TCP"),
+            tls("2001:db8::1", 5350)
+        );
+        // TURN over DTLS is not supported; junk is refused.
+        assert_eq!(parse_url("turns:example.org:5349?transport=udp"), None);
+        assert_eq!(parse_url("turns:example.org:x"), None);
+        assert_eq!(parse_url("turns:"), None);
+        assert_eq!(parse_url("stuns:example.org"), None);
+        // Plain `turn:` keeps its default port.
+        assert_eq!(
+            parse_url("turn:example.org"),
+            Some(IceUrl::Turn {
+                host: "example.org".into(),
+                port: 3478,
+                transport: TurnTransport::Udp
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn resolves_turns_with_its_host_name_for_sni() {
+        let servers: Vec<IceServer> = serde_json::from_str(
+            r#"[{"urls":["turns:localhost:5349?transport=tcp"],"username":"u","credential":"p"}]"#,
+        )
+        .unwrap();
+        let cfg = resolve_ice_servers(&servers).await;
+        assert_eq!(cfg.turn.len(), 1, "a turns:-only server is kept");
+        let (addr, name) = cfg.turn[0].tls.clone().unwrap();
+        assert_eq!(name, "localhost");
+        assert_eq!(addr.port(), 5349);
+        assert!(addr.ip().is_loopback());
+        assert_eq!(cfg.turn[0].addr(TurnTransport::Tls), Some(addr));
+        assert_eq!(cfg.turn[0].addr(TurnTransport::Udp), None);
+    }
+
     #[tokio::test]
     async fn resolves_servers() {
         let servers: Vec<IceServer> = serde_json::from_str(
             r#"[{"urls":["stun:127.0.0.1:3478"]},
-                {"urls":["turn:127.0.0.1:3478?transport=udp","turn:127.0.0.1:3479?transport=tcp","turns:x:1"],
+                {"urls":["turn:127.0.0.1:3478?transport=udp","turn:127.0.0.1:3479?transport=tcp","turns:127.0.0.1:5349"],
                  "username":"u","credential":"p"}]"#,
         )
         .unwrap();
@@ -239,6 +340,10 @@ mod tests {
         assert_eq!(cfg.turn.len(), 1);
         assert_eq!(cfg.turn[0].udp, Some("127.0.0.1:3478".parse().unwrap()));
         assert_eq!(cfg.turn[0].tcp, Some("127.0.0.1:3479".parse().unwrap()));
+        assert_eq!(
+            cfg.turn[0].tls,
+            Some(("127.0.0.1:5349".parse().unwrap(), "127.0.0.1".to_string()))
+        );
         assert_eq!(cfg.turn[0].username, "u");
     }
 }

@@ -5,8 +5,11 @@
 //! `start`/`end` messages, SHA-256 verified by the receiver, which answers `ack`).
 //!
 //! ICE is complete: host candidates, server-reflexive candidates (STUN Binding to the `stun:` URLs of
-//! `joined.ice_servers`) and relayed candidates (a TURN allocation per peer connection on the `turn:` URLs, UDP
-//! first, TCP when UDP fails), trickled to the peer as they are gathered. [`RoomOptions::relay_only`] is the
+//! `joined.ice_servers`) and relayed candidates (a TURN allocation per peer connection on the `turn:`/`turns:`
+//! URLs: UDP first, then TCP, then TLS (`turns:`, certificate checked against the Mozilla roots and
+//! [`RoomOptions::extra_ca_pem`]) when the previous one fails), trickled to the peer as they are gathered.
+//! TURN credentials are time-limited: fresh ones pushed by the server (`ice_servers` message) are used for
+//! the following requests on every allocation, so a call outlives its credentials. [`RoomOptions::relay_only`] is the
 //! browser's `iceTransportPolicy: "relay"`; [`RoomOptions::ice_servers_override`] replaces the server's list
 //! (e.g. with an external coturn).
 //!
@@ -41,6 +44,7 @@ mod peer;
 mod relay;
 mod room;
 mod signaling;
+mod tls;
 
 pub use error::Error;
 pub use file::{sha256_file, ReceivedFile, FILE_CHUNK};

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::file::{FileControl, Incoming, ReceivedFile};
-use crate::ice::IceConfig;
+use crate::ice::{IceConfig, TurnTransport};
 use crate::media::{IvfWriter, MediaConfig, OggOpusWriter, OutFrame};
 use crate::relay::{binding_request, binding_response, TurnAlloc, TurnEvent};
 use crate::signaling::{CandidateInit, ClientMsg};
@@ -205,6 +205,8 @@ pub(crate) struct PeerConfig {
     pub ice: Arc<IceConfig>,
     /// Only relayed candidates (the browser's `iceTransportPolicy: "relay"`).
     pub relay_only: bool,
+    /// TLS client settings for `turns:` servers.
+    pub tls: Arc<rustls::ClientConfig>,
     /// Published and recorded media.
     pub media: MediaConfig,
 }
@@ -281,9 +283,9 @@ struct Packet {
 enum NetIn {
     /// A datagram on a host socket.
     Host(Packet),
-    /// Bytes from TURN server `idx` (one datagram, or one frame of a TCP stream).
+    /// Bytes from TURN server `idx` (one datagram, or one frame of a TCP/TLS stream).
     Turn { idx: usize, data: Vec<u8> },
-    /// The TCP connection to TURN server `idx` is up.
+    /// The TCP (or TLS) connection to TURN server `idx` is up.
     TurnUp { idx: usize, local: SocketAddr },
     /// The transport to TURN server `idx` failed.
     TurnDown { idx: usize, reason: String },
@@ -302,7 +304,7 @@ struct TurnSlot {
     local: Option<SocketAddr>,
     /// Index in `IceConfig::turn`.
     server: usize,
-    tcp: bool,
+    transport: TurnTransport,
     announced: bool,
 }
 
@@ -649,10 +651,12 @@ impl Peer {
             }
         }
         for (i, t) in ice.turn.iter().enumerate() {
-            if t.udp.is_some() {
-                self.start_turn(i, false);
-            } else if t.tcp.is_some() {
-                self.start_turn(i, true);
+            // UDP first; TCP, then TLS, when the previous one fails (see `turn_events`).
+            if let Some(first) = TurnTransport::ALL
+                .into_iter()
+                .find(|&x| t.addr(x).is_some())
+            {
+                self.start_turn(i, first);
             }
         }
         if self.config.relay_only && self.turns.is_empty() {
@@ -666,113 +670,41 @@ impl Peer {
     }
 
     /// Opens the transport to TURN server `server` and starts an allocation.
-    fn start_turn(&mut self, server: usize, tcp: bool) {
+    fn start_turn(&mut self, server: usize, transport: TurnTransport) {
         let Some(t) = self.config.ice.turn.get(server) else {
             return;
         };
-        let Some(addr) = (if tcp { t.tcp } else { t.udp }) else {
+        let Some(addr) = t.addr(transport) else {
             return;
         };
         let idx = self.turns.len();
         let mut slot = TurnSlot {
-            alloc: TurnAlloc::new(addr, tcp, &t.username, &t.password),
+            alloc: TurnAlloc::new(addr, transport.is_stream(), &t.username, &t.password),
             io: TurnIo::Pending,
             local: None,
             server,
-            tcp,
+            transport,
             announced: false,
         };
         let tx = self.net_tx.clone();
-        if tcp {
-            let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(1024);
-            slot.io = TurnIo::Tcp(wtx);
-            self.tasks.0.push(tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let conn = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    tokio::net::TcpStream::connect(addr),
-                )
-                .await;
-                let stream = match conn {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        let _ = tx
-                            .send(NetIn::TurnDown {
-                                idx,
-                                reason: e.to_string(),
-                            })
-                            .await;
-                        return;
-                    }
-                    Err(_) => {
-                        let reason = "connect timed out".to_string();
-                        let _ = tx.send(NetIn::TurnDown { idx, reason }).await;
-                        return;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let local = match stream.local_addr() {
-                    Ok(a) => a,
+        if transport.is_stream() {
+            let tls = match (&t.tls, transport) {
+                (Some((_, host)), TurnTransport::Tls) => match crate::tls::server_name(host) {
+                    Ok(name) => Some((self.config.tls.clone(), name)),
                     Err(e) => {
-                        let _ = tx
-                            .send(NetIn::TurnDown {
-                                idx,
-                                reason: e.to_string(),
-                            })
-                            .await;
+                        slot.alloc.transport_failed(&e.to_string());
+                        self.turns.push(slot);
+                        self.turn_events(idx);
                         return;
                     }
-                };
-                let (mut rd, mut wr) = stream.into_split();
-                let writer = tokio::spawn(async move {
-                    while let Some(b) = wrx.recv().await {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                struct AbortWriter(tokio::task::JoinHandle<()>);
-                impl Drop for AbortWriter {
-                    fn drop(&mut self) {
-                        self.0.abort();
-                    }
-                }
-                let _writer = AbortWriter(writer);
-                if tx.send(NetIn::TurnUp { idx, local }).await.is_err() {
-                    return;
-                }
-                let mut buf: Vec<u8> = Vec::with_capacity(8192);
-                let mut chunk = vec![0u8; 8192];
-                let reason = loop {
-                    // Split the stream into STUN messages and (padded) ChannelData frames.
-                    loop {
-                        match stun::stream_frame_len(&buf) {
-                            Ok(Some(n)) if buf.len() >= n => {
-                                let frame: Vec<u8> = buf.drain(..n).collect();
-                                if tx.send(NetIn::Turn { idx, data: frame }).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(_) => break,
-                            Err(e) => {
-                                let _ = tx
-                                    .send(NetIn::TurnDown {
-                                        idx,
-                                        reason: format!("bad framing: {e}"),
-                                    })
-                                    .await;
-                                return;
-                            }
-                        }
-                    }
-                    match rd.read(&mut chunk).await {
-                        Ok(0) => break "closed by the server".to_string(),
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        Err(e) => break e.to_string(),
-                    }
-                };
-                let _ = tx.send(NetIn::TurnDown { idx, reason }).await;
-            }));
+                },
+                _ => None,
+            };
+            let (wtx, wrx) = mpsc::channel::<Vec<u8>>(1024);
+            slot.io = TurnIo::Tcp(wtx);
+            self.tasks
+                .0
+                .push(tokio::spawn(turn_stream_task(idx, addr, tls, tx, wrx)));
             self.turns.push(slot);
             return;
         }
@@ -853,7 +785,7 @@ impl Peer {
             match ev {
                 TurnEvent::Allocated { relayed, .. } => {
                     let local = slot.local.unwrap_or(relayed);
-                    let proto = if slot.tcp { "tcp" } else { "udp" };
+                    let proto = slot.transport.name();
                     let first = !slot.announced;
                     slot.announced = true;
                     tracing::info!(peer = %self.remote_id, server = %slot.alloc.server, %relayed, transport = proto, "TURN allocation ready");
@@ -865,17 +797,21 @@ impl Peer {
                     }
                 }
                 TurnEvent::Failed(reason) => {
-                    let (server, tcp) = (slot.server, slot.tcp);
-                    let has_tcp = self
-                        .config
-                        .ice
-                        .turn
-                        .get(server)
-                        .is_some_and(|t| t.tcp.is_some());
-                    let tried_tcp = self.turns.iter().any(|s| s.server == server && s.tcp);
-                    if !tcp && has_tcp && !tried_tcp {
-                        tracing::info!(peer = %self.remote_id, %reason, "TURN over UDP failed, trying TCP");
-                        self.start_turn(server, true);
+                    let (server, failed) = (slot.server, slot.transport);
+                    // Fallback order: UDP, TCP, TLS — the next one this server offers and we did not try.
+                    let next = self.config.ice.turn.get(server).and_then(|t| {
+                        TurnTransport::ALL.into_iter().find(|&x| {
+                            x > failed
+                                && t.addr(x).is_some()
+                                && !self
+                                    .turns
+                                    .iter()
+                                    .any(|s| s.server == server && s.transport == x)
+                        })
+                    });
+                    if let Some(next) = next {
+                        tracing::info!(peer = %self.remote_id, %reason, "TURN over {} failed, trying {}", failed.name(), next.name());
+                        self.start_turn(server, next);
                         continue;
                     }
                     tracing::warn!(peer = %self.remote_id, %reason, "TURN allocation failed");
@@ -1599,4 +1535,116 @@ impl Peer {
             self.drain();
         }
     }
+}
+
+/// The TCP or TLS connection to a TURN server: connects (TLS handshake with SNI and certificate check when
+/// `tls` is given), then splits the byte stream into STUN messages and (padded) ChannelData frames for the
+/// peer task and writes what it queues.
+async fn turn_stream_task(
+    idx: usize,
+    addr: SocketAddr,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    tx: mpsc::Sender<NetIn>,
+    wrx: mpsc::Receiver<Vec<u8>>,
+) {
+    let down = |reason: String| NetIn::TurnDown { idx, reason };
+    let conn =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await;
+    let stream = match conn {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let _ = tx.send(down(e.to_string())).await;
+            return;
+        }
+        Err(_) => {
+            let _ = tx.send(down("connect timed out".into())).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx.send(down(e.to_string())).await;
+            return;
+        }
+    };
+    match tls {
+        None => turn_stream_io(idx, local, stream, tx, wrx).await,
+        Some((cfg, name)) => {
+            let connector = tokio_rustls::TlsConnector::from(cfg);
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), connector.connect(name, stream))
+                    .await;
+            match handshake {
+                Ok(Ok(s)) => turn_stream_io(idx, local, s, tx, wrx).await,
+                Ok(Err(e)) => {
+                    let _ = tx.send(down(format!("TLS handshake failed: {e}"))).await;
+                }
+                Err(_) => {
+                    let _ = tx.send(down("TLS handshake timed out".into())).await;
+                }
+            }
+        }
+    }
+}
+
+async fn turn_stream_io<S>(
+    idx: usize,
+    local: SocketAddr,
+    stream: S,
+    tx: mpsc::Sender<NetIn>,
+    mut wrx: mpsc::Receiver<Vec<u8>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = wrx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    struct AbortWriter(tokio::task::JoinHandle<()>);
+    impl Drop for AbortWriter {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _writer = AbortWriter(writer);
+    if tx.send(NetIn::TurnUp { idx, local }).await.is_err() {
+        return;
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 8192];
+    let reason = loop {
+        // Split the stream into STUN messages and (padded) ChannelData frames.
+        loop {
+            match stun::stream_frame_len(&buf) {
+                Ok(Some(n)) if buf.len() >= n => {
+                    let frame: Vec<u8> = buf.drain(..n).collect();
+                    if tx.send(NetIn::Turn { idx, data: frame }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    let reason = format!("bad framing: {e}");
+                    let _ = tx.send(NetIn::TurnDown { idx, reason }).await;
+                    return;
+                }
+            }
+        }
+        match rd.read(&mut chunk).await {
+            Ok(0) => break "closed by the server".to_string(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = tx.send(NetIn::TurnDown { idx, reason }).await;
 }

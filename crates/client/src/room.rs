@@ -128,7 +128,7 @@ pub enum RoomEvent {
         participant: ParticipantInfo,
         /// The `candidate:...` SDP attribute (`typ srflx`, `typ relay`).
         candidate: String,
-        /// For a relayed candidate: how the TURN server is reached (`udp` or `tcp`).
+        /// For a relayed candidate: how the TURN server is reached (`udp`, `tcp` or `tls`).
         relay_protocol: Option<String>,
     },
     /// The signaling connection changed state.
@@ -166,6 +166,9 @@ pub struct RoomOptions {
     /// Record every participant's VP8 video to `<dir>/<participant id>-video.ivf` and Opus audio to
     /// `<dir>/<participant id>-audio.ogg`.
     pub record_dir: Option<std::path::PathBuf>,
+    /// A PEM file of CA certificates to trust for TURN over TLS (`turns:`) in addition to the Mozilla root
+    /// store (e.g. a server's self-signed certificate).
+    pub extra_ca_pem: Option<std::path::PathBuf>,
 }
 
 /// Another name for [`RoomOptions`].
@@ -181,6 +184,7 @@ impl Default for RoomOptions {
             ice_servers_override: None,
             publish_ivf: None,
             record_dir: None,
+            extra_ca_pem: None,
         }
     }
 }
@@ -240,6 +244,7 @@ impl Room {
     /// ```
     pub async fn connect_with(url: &str, token: &str, options: RoomOptions) -> Result<Room, Error> {
         let ws_url = signaling::ServerUrl::parse(url)?.ws;
+        let tls = crate::tls::client_config(options.extra_ca_pem.as_deref())?;
         let (publish, tasks) = match &options.publish_ivf {
             Some(p) => {
                 let (tx, tasks) = crate::media::start_publisher(p)?;
@@ -285,6 +290,7 @@ impl Room {
                 max_file_bytes: options.max_file_bytes,
                 ice: Arc::new(ice),
                 relay_only: options.relay_only,
+                tls,
                 media,
             },
             ice_override: options.ice_servers_override.is_some(),

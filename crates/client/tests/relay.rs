@@ -2,6 +2,8 @@
 //! exchange chat and a file
 //! - through `switchboard serve`'s own TURN server over UDP (its `/metrics` `turn_relayed_bytes_total` grows),
 //! - through it over TCP, after TURN over UDP failed (port unreachable),
+//! - through it over TLS only (`turns:`, a self-signed certificate trusted with `extra_ca_pem`; the same
+//!   server refused without that CA), after UDP and TCP failed,
 //! - through coturn (`turnserver`, Debian `coturn`), given as an ICE server override;
 //!
 //! And a server-reflexive candidate is gathered from a STUN Binding answer.
@@ -36,10 +38,16 @@ struct Server {
     url: String,
     turn_udp: Option<String>,
     turn_tcp: Option<String>,
+    turn_tls: Option<String>,
 }
 
 /// `switchboard serve` with TURN on a free port and a known TURN secret.
 async fn start_server(with_turn: bool) -> Server {
+    start_server_with(with_turn, &[]).await
+}
+
+/// [`start_server`] with extra `SWITCHBOARD_*` environment settings.
+async fn start_server_with(with_turn: bool, env: &[(&str, String)]) -> Server {
     let bin = server_bin();
     assert!(
         bin.exists(),
@@ -56,6 +64,7 @@ async fn start_server(with_turn: bool) -> Server {
         .args(&args)
         .env("NO_COLOR", "1")
         .env("SWITCHBOARD_TURN_STATIC_AUTH_SECRET", SECRET)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -63,7 +72,7 @@ async fn start_server(with_turn: bool) -> Server {
         .expect("spawn switchboard serve");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut turn_udp, mut turn_tcp) = (None, None);
+    let (mut turn_udp, mut turn_tcp, mut turn_tls) = (None, None, None);
     let url = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
             let after = |tag: &str| {
@@ -74,6 +83,8 @@ async fn start_server(with_turn: bool) -> Server {
                 turn_udp = Some(a);
             } else if let Some(a) = after("listening turn-tcp ") {
                 turn_tcp = Some(a);
+            } else if let Some(a) = after("listening turn-tls ") {
+                turn_tls = Some(a);
             } else if let Some(u) = after("listening http ") {
                 return u;
             }
@@ -88,6 +99,7 @@ async fn start_server(with_turn: bool) -> Server {
         url,
         turn_udp,
         turn_tcp,
+        turn_tls,
     }
 }
 
@@ -187,8 +199,19 @@ async fn relay_session(
     want_proto: &str,
     our_turn: bool,
 ) -> (String, String) {
-    let alice = join(server, room, "Alice", relay_opts(ice.clone())).await;
-    let bob = join(server, room, "Bob", relay_opts(ice)).await;
+    relay_session_with(server, room, relay_opts(ice), want_proto, our_turn).await
+}
+
+/// [`relay_session`] with both clients on `opts`.
+async fn relay_session_with(
+    server: &ServerUrl,
+    room: &str,
+    opts: RoomOptions,
+    want_proto: &str,
+    our_turn: bool,
+) -> (String, String) {
+    let alice = join(server, room, "Alice", opts.clone()).await;
+    let bob = join(server, room, "Bob", opts).await;
     let mut cands = Vec::new();
     for (who, r) in [("alice", &alice), ("bob", &bob)] {
         let mut relay = None;
@@ -484,4 +507,138 @@ async fn server_reflexive_candidate_from_stun_binding() {
     alice.leave().await;
     bob.leave().await;
     srv.proc.kill().await.ok();
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files: (dir, cert, key).
+fn self_signed_pem(tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sb-turns-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    (dir, cert, key)
+}
+
+/// `switchboard serve` with TURN over TLS on a free port (`turn.cert`/`turn.pkey`).
+async fn start_tls_server(cert: &std::path::Path, key: &std::path::Path) -> Server {
+    start_server_with(
+        true,
+        &[
+            ("SWITCHBOARD_TURN_CERT", cert.display().to_string()),
+            ("SWITCHBOARD_TURN_PKEY", key.display().to_string()),
+            ("SWITCHBOARD_TURN_TLS_LISTENING_PORT", "0".into()),
+        ],
+    )
+    .await
+}
+
+/// The raw `joined` message of a fresh participant (to look at what the server advertises).
+async fn raw_joined(server: &ServerUrl, room: &str) -> serde_json::Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (token, _) = client::dev_token(server, room, "raw").await.expect("token");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&server.ws)
+        .await
+        .expect("ws");
+    let join = serde_json::json!({"type": "join", "token": token, "protocol": 1});
+    ws.send(Message::text(join.to_string()))
+        .await
+        .expect("send");
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("joined in time")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+            if v["type"] == "joined" {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_through_turns_with_a_trusted_ca_after_udp_and_tcp_fail() {
+    let (dir, cert, key) = self_signed_pem("ok");
+    let mut srv = start_tls_server(&cert, &key).await;
+    let server = ServerUrl::parse(&srv.url).expect("url");
+    let tls = srv.turn_tls.clone().expect("turn-tls listener");
+    let tls_port = tls.rsplit(':').next().expect("port").to_string();
+
+    // The server advertises TURN over TLS in `joined` when it has a certificate.
+    let joined = raw_joined(&server, "turns-advert").await;
+    let urls: Vec<String> = joined["ice_servers"]
+        .as_array()
+        .expect("ice_servers")
+        .iter()
+        .flat_map(|s| s["urls"].as_array().cloned().unwrap_or_default())
+        .filter_map(|u| u.as_str().map(str::to_string))
+        .collect();
+    assert!(
+        urls.contains(&format!("turns:127.0.0.1:{tls_port}?transport=tcp")),
+        "{urls:?}"
+    );
+
+    // UDP and TCP TURN lead nowhere (nobody listens there): only TURN over TLS can relay. The URL names
+    // `localhost`, which is the SNI and the name checked against the certificate.
+    let dead = free_port();
+    let ice = vec![turn_server(vec![
+        format!("turn:127.0.0.1:{dead}?transport=udp"),
+        format!("turn:127.0.0.1:{dead}?transport=tcp"),
+        format!("turns:localhost:{tls_port}?transport=tcp"),
+    ])];
+    let opts = RoomOptions {
+        extra_ca_pem: Some(cert.clone()),
+        ..relay_opts(Some(ice))
+    };
+    let before = relayed_bytes(&server.http).await;
+    relay_session_with(&server, "relay-tls", opts, "tls", true).await;
+    let after = relayed_bytes(&server.http).await;
+    assert!(
+        after - before > 2.0 * 1024.0 * 1024.0,
+        "{before} -> {after}"
+    );
+    srv.proc.kill().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_refuses_a_certificate_it_does_not_trust() {
+    let (dir, cert, key) = self_signed_pem("untrusted");
+    let mut srv = start_tls_server(&cert, &key).await;
+    let server = ServerUrl::parse(&srv.url).expect("url");
+    let tls = srv.turn_tls.clone().expect("turn-tls listener");
+    let tls_port = tls.rsplit(':').next().expect("port");
+    let ice = vec![turn_server(vec![format!(
+        "turns:localhost:{tls_port}?transport=tcp"
+    )])];
+    // No extra CA: the self-signed certificate is not in the Mozilla roots.
+    let alice = join(
+        &server,
+        "tls-untrusted",
+        "Alice",
+        relay_opts(Some(ice.clone())),
+    )
+    .await;
+    let _bob = join(&server, "tls-untrusted", "Bob", relay_opts(Some(ice))).await;
+    let message = wait_for(&alice, 20, "relay_failed", |ev| match ev {
+        RoomEvent::Error { code, message } if code == "relay_failed" => Some(message),
+        RoomEvent::LocalCandidate { candidate, .. } => {
+            panic!("relayed through an untrusted server: {candidate}")
+        }
+        _ => None,
+    })
+    .await;
+    assert!(message.contains("TLS handshake failed"), "{message}");
+    assert_eq!(
+        metric(&server.http, "turn_allocations_active").await,
+        0.0,
+        "an allocation was made over an untrusted connection"
+    );
+    srv.proc.kill().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
 }

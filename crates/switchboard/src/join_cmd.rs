@@ -3,7 +3,8 @@
 //! stdin lines are sent as chat to everyone; incoming chat is printed as `<name>: text` on stdout.
 //! `--send-file` sends a file once peers are connected and waits for their checksum confirmation;
 //! `--receive-dir` stores received files (after verifying their SHA-256).
-//! `--relay-only` connects through TURN only; `--ice-servers JSON` replaces the server's STUN/TURN list.
+//! `--relay-only` connects through TURN only; `--ice-servers JSON` replaces the server's STUN/TURN list;
+//! `--ca-file PEM` trusts a CA (e.g. a self-signed certificate) for TURN over TLS (`turns:`).
 //! `--publish FILE.ivf` sends a VP8 file (looped) and Opus silence; `--record DIR` writes what peers send.
 
 use std::collections::HashSet;
@@ -46,8 +47,13 @@ pub struct JoinArgs {
     #[arg(long)]
     pub loopback_only: bool,
     /// Connect through TURN only (relayed candidates; the browser's iceTransportPolicy "relay").
-    #[arg(long)]
+    /// TURN is tried over UDP, then TCP, then TLS (`turns:`).
+    #[arg(long, visible_alias = "relay")]
     pub relay_only: bool,
+    /// Trust the CA certificate(s) in this PEM file for TURN over TLS (`turns:` URLs), in addition to the
+    /// Mozilla root store — e.g. the certificate of a server started with a self-signed one.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// STUN/TURN servers to use instead of the server's, as JSON like the browser's iceServers:
     /// '[{"urls":["turn:host:3478?transport=udp"],"username":"u","credential":"p"}]'.
     #[arg(long, value_name = "JSON")]
@@ -112,6 +118,7 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<()> {
         ice_servers_override,
         publish_ivf: args.publish.clone(),
         record_dir: args.record.clone(),
+        extra_ca_pem: args.ca_file.clone(),
         ..Default::default()
     };
     let room = match Room::connect_with(&server.ws, &token, options).await {
