@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use signal::protocol::Permissions;
 use signal::{MediaSignal, MediaSink};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
@@ -32,8 +33,10 @@ const FIRST_OFFER_DELAY: Duration = Duration::from_millis(1500);
 const OFFER_RETRY: Duration = Duration::from_secs(2);
 /// At most one keyframe request per published track in this interval.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
-/// A WHIP/WHEP session whose media path is down this long (or never came up) is ended.
-const HTTP_SESSION_IDLE: Duration = Duration::from_secs(30);
+/// Audio frames at or below this level (dBov, RFC 6464) count as silence.
+const SILENT_LEVEL: i8 = -75;
+/// Share of a subscriber's bandwidth estimate given to video (the rest: audio, RTCP, retransmissions).
+const VIDEO_SHARE_PERCENT: u64 = 85;
 /// How often each room's active speaker is re-evaluated.
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(300);
 /// Audio level (dBov, 0 loudest, -127 silence; RFC 6464) a speaker's smoothed level must exceed.
@@ -175,6 +178,8 @@ enum Prop {
     Keyframe(ClientId, Mid, Option<Rid>, KeyframeRequestKind),
     /// A WHEP slot wants a source.
     WhepSlot(ClientId),
+    /// The client's bandwidth estimate changed: re-cap its simulcast layers.
+    Estimate(ClientId),
     /// A data-channel message (channel index in [`data::CHANNELS`], binary, `<to>\n<payload>`).
     Data(ClientId, usize, bool, Vec<u8>),
 }
@@ -212,6 +217,8 @@ struct Client {
     stats_in: HashMap<(Mid, Option<Rid>), u64>,
     stats_out: HashMap<(Mid, Option<Rid>), u64>,
     queued: bool,
+    /// The latest estimate of the bandwidth towards this client (bit/s), TWCC or REMB.
+    bwe: Option<u64>,
 }
 
 impl Client {
@@ -383,7 +390,7 @@ impl Client {
                     return;
                 };
                 if let Some(rid) = d.rid {
-                    t.layers.seen(rid, d.network_time);
+                    t.layers.seen(rid, d.network_time, d.data.len());
                 }
                 if let Some(l) = d.ext_vals.audio_level {
                     let l = f32::from(l.max(-127));
@@ -414,6 +421,19 @@ impl Client {
                     props.push_back(Prop::Data(self.id, i, d.binary, d.data));
                 }
             }
+            Event::EgressBitrateEstimate(
+                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+            ) => {
+                let bps = estimate.as_u64();
+                if self.bwe != Some(bps) {
+                    trace!(participant = %self.participant, bps, "bandwidth estimate");
+                    self.bwe = Some(bps);
+                    props.push_back(Prop::Estimate(self.id));
+                }
+            }
+            Event::PeerStats(st) => {
+                trace!(participant = %self.participant, bwe = ?st.bwe_tx, loss = ?st.egress_loss_fraction, tx = st.bytes_tx, rtt = ?st.rtt, "peer stats");
+            }
             Event::ChannelOpen(id, label) => {
                 debug!(participant = %self.participant, %label, ?id, "data channel open");
             }
@@ -426,6 +446,7 @@ impl Client {
                     .increment(delta);
             }
             Event::MediaEgressStats(s) => {
+                trace!(participant = %self.participant, mid = %s.mid, loss = ?s.loss, rtt = ?s.rtt, "egress stats");
                 let last = self.stats_out.entry((s.mid, s.rid)).or_insert(0);
                 let delta = s.packets.saturating_sub(*last);
                 *last = s.packets;
@@ -553,6 +574,12 @@ pub(crate) struct Engine {
     /// build), which would delay every join and a whole `auto` room's move to the SFU. One server certificate
     /// for all sessions, as other SFUs do; its fingerprint is in every answer.
     dtls_cert: Option<DtlsCert>,
+    /// `[sfu]` settings.
+    bwe_initial: Option<Bitrate>,
+    drop_silent_audio_above: usize,
+    media_timeout: Duration,
+    /// (track index, new cap) while re-capping one subscriber.
+    caps: Vec<(usize, usize)>,
 }
 
 impl Engine {
@@ -561,6 +588,7 @@ impl Engine {
         local: SocketAddr,
         public: Vec<SocketAddr>,
         rx: mpsc::UnboundedReceiver<Command>,
+        config: &crate::SfuConfig,
     ) -> Result<Engine, String> {
         let mut candidates = Vec::new();
         for a in &public {
@@ -596,6 +624,12 @@ impl Engine {
             dtls_cert: str0m::crypto::from_feature_flags()
                 .dtls_provider
                 .generate_certificate(),
+            bwe_initial: config
+                .bandwidth_estimation
+                .then(|| Bitrate::kbps(config.initial_bitrate_kbps)),
+            drop_silent_audio_above: config.drop_silent_audio_above,
+            media_timeout: Duration::from_secs(config.media_timeout_secs),
+            caps: Vec::new(),
         })
     }
 
@@ -731,9 +765,9 @@ impl Engine {
         );
         for &id in &due {
             if let Some(c) = self.clients.get_mut(&id) {
-                let http = !matches!(c.role, Role::Participant(_));
-                if http && c.down_since.is_some_and(|t| now >= t + HTTP_SESSION_IDLE) {
-                    info!(room = %c.room, participant = %c.participant, "media path down: ending the session");
+                if c.rtc.is_alive() && c.down_since.is_some_and(|t| now >= t + self.media_timeout) {
+                    info!(room = %c.room, participant = %c.participant, timeout_secs = self.media_timeout.as_secs(), "media path down: removed from the SFU");
+                    metrics::counter!("sfu_media_timeouts_total").increment(1);
                     c.rtc.disconnect();
                 }
                 if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
@@ -875,6 +909,7 @@ impl Engine {
                 }
             }
             Prop::WhepSlot(viewer) => self.feed_whep(viewer),
+            Prop::Estimate(id) => self.allocate(id),
             Prop::Data(from, chan, binary, msg) => self.fan_out_data(from, chan, binary, &msg),
         }
     }
@@ -900,6 +935,14 @@ impl Engine {
         if let Some(m) = self.rooms.get(room.as_str()) {
             self.scratch.extend_from_slice(m);
         }
+        // Large rooms: silence is not worth sending to everyone (receivers conceal the gap, as with DTX).
+        if self.drop_silent_audio_above > 0
+            && self.scratch.len() > self.drop_silent_audio_above
+            && data.ext_vals.audio_level.is_some_and(|l| l <= SILENT_LEVEL)
+        {
+            metrics::counter!("sfu_silent_audio_dropped_total").increment(1);
+            return;
+        }
         for i in 0..self.scratch.len() {
             let sid = self.scratch[i];
             if sid == from {
@@ -919,7 +962,7 @@ impl Engine {
                 let Some(mid) = t.open_mid() else {
                     continue;
                 };
-                let target = picks[t.layers.want.min(simulcast::RANKS - 1)];
+                let target = picks[t.layers.target().min(simulcast::RANKS - 1)];
                 let time = match t.layers.admit(data, target) {
                     Admit::Forward(time) => time,
                     Admit::Skip(wait) => {
@@ -1159,6 +1202,73 @@ impl Engine {
         self.scratch = members;
     }
 
+    /// Caps the simulcast layers a client receives by its bandwidth estimate: the video share of the estimate
+    /// is split evenly between its video tracks, each gets the best layer that fits (see [`simulcast::fit`]).
+    /// BWE is told the bitrate of the wanted layers as its goal, so it probes for room to move up.
+    fn allocate(&mut self, sid: ClientId) {
+        let Some(s) = self.clients.get(&sid) else {
+            return;
+        };
+        let Some(estimate) = s.bwe else {
+            return;
+        };
+        let now = Instant::now();
+        let video = |t: &&TrackOut| t.kind == MediaKind::Video && t.open_mid().is_some();
+        let n = s.tracks_out.iter().filter(video).count() as u64;
+        if n == 0 {
+            return;
+        }
+        let budget = estimate * VIDEO_SHARE_PERCENT / 100 / n;
+        self.caps.clear();
+        let (mut floor, mut goal) = (0u64, 0u64);
+        for (i, t) in s.tracks_out.iter().enumerate() {
+            if !video(&t) {
+                continue;
+            }
+            let Some(layers) = t.src.and_then(|(p, m)| {
+                let pc = self.clients.get(&p)?;
+                pc.tracks_in
+                    .iter()
+                    .find(|ti| ti.mid == m)
+                    .map(|ti| &ti.layers)
+            }) else {
+                continue;
+            };
+            if !layers.is_simulcast() {
+                continue;
+            }
+            let cap = simulcast::fit(layers, t.layers.want, budget, t.layers.cap, now);
+            let rate = |r: usize| layers.bitrate(r, now).unwrap_or(0);
+            floor += (cap + 1..=t.layers.want.min(simulcast::RANKS - 1))
+                .map(rate)
+                .find(|b| *b > 0)
+                .unwrap_or_else(|| rate(cap));
+            goal += (0..=t.layers.want.min(simulcast::RANKS - 1))
+                .map(rate)
+                .max()
+                .unwrap_or(0);
+            if cap != t.layers.cap {
+                self.caps.push((i, cap));
+            }
+        }
+        let Some(s) = self.clients.get_mut(&sid) else {
+            return;
+        };
+        for &(i, cap) in &self.caps {
+            if let Some(t) = s.tracks_out.get_mut(i) {
+                debug!(participant = %s.participant, estimate, from = t.layers.cap, to = cap, "bandwidth caps a simulcast track");
+                metrics::counter!("sfu_bandwidth_layer_changes_total").increment(1);
+                t.layers.cap = cap;
+            }
+        }
+        if goal > 0 {
+            s.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(floor.min(goal)), Bitrate::bps(goal));
+        }
+        self.mark(sid);
+    }
+
     /// Binds a WHEP viewer's unfed m-lines to published tracks of the room (the newest publisher first).
     fn feed_whep(&mut self, viewer: ClientId) {
         let Some(room) = self.clients.get(&viewer).map(|v| v.room.clone()) else {
@@ -1230,6 +1340,11 @@ impl Engine {
                 pass: signal::random_hex(16),
             })
             .set_stats_interval(Some(Duration::from_secs(1)))
+            .enable_bwe(if can_subscribe || matches!(role, Role::Whep) {
+                self.bwe_initial
+            } else {
+                None
+            })
             .build(now);
         for c in &self.candidates {
             rtc.add_local_candidate(c.clone());
@@ -1273,6 +1388,7 @@ impl Engine {
             stats_in: HashMap::new(),
             stats_out: HashMap::new(),
             queued: false,
+            bwe: None,
         };
         // Subscribe to what the room already publishes.
         if matches!(client.role, Role::Participant(_)) && can_subscribe {

@@ -46,6 +46,18 @@ pub struct SfuConfig {
     pub udp_port: u16,
     /// Addresses advertised as host candidates (default: `listen-ip`, when it is not unspecified).
     pub public_ip: Vec<IpAddr>,
+    /// Estimate each subscriber's downlink (TWCC feedback, or REMB) and cap its simulcast layers by it.
+    /// Experimental, off by default: str0m's delay-based estimate is not yet reliable enough here (see
+    /// docs/configuration.md).
+    pub bandwidth_estimation: bool,
+    /// The estimate a subscriber starts with (kbit/s), before feedback arrives.
+    pub initial_bitrate_kbps: u64,
+    /// In rooms with more participants than this, silent audio frames (RFC 6464 level below -75 dBov) are not
+    /// forwarded; 0 forwards everything.
+    pub drop_silent_audio_above: usize,
+    /// A participant (or WHIP/WHEP session) whose media path has been down this long (seconds) is removed from
+    /// the SFU: its tracks end for the others and its state is freed. Its SDK can offer again later.
+    pub media_timeout_secs: u64,
 }
 
 impl Default for SfuConfig {
@@ -55,6 +67,10 @@ impl Default for SfuConfig {
             listen_ip: IpAddr::from([127, 0, 0, 1]),
             udp_port: DEFAULT_UDP_PORT,
             public_ip: Vec::new(),
+            bandwidth_estimation: false,
+            initial_bitrate_kbps: 1000,
+            drop_silent_audio_above: 8,
+            media_timeout_secs: 30,
         }
     }
 }
@@ -88,6 +104,16 @@ impl Sfu {
         } else {
             config.public_ip.clone()
         };
+        if config.media_timeout_secs == 0 {
+            return Err(SfuError::Config(
+                "media-timeout-secs must be at least 1".into(),
+            ));
+        }
+        if config.bandwidth_estimation && config.initial_bitrate_kbps < 30 {
+            return Err(SfuError::Config(
+                "initial-bitrate-kbps must be at least 30".into(),
+            ));
+        }
         if let Some(bad) = public.iter().find(|ip| ip.is_unspecified()) {
             return Err(SfuError::Config(format!(
                 "public-ip {bad} is not an address clients can reach"
@@ -112,7 +138,8 @@ impl Sfu {
             .map(|ip| SocketAddr::new(*ip, udp.port()))
             .collect();
         let (tx, rx) = mpsc::unbounded_channel();
-        let engine = engine::Engine::new(socket, udp, candidates, rx).map_err(SfuError::Config)?;
+        let engine =
+            engine::Engine::new(socket, udp, candidates, rx, &config).map_err(SfuError::Config)?;
         tokio::spawn(engine.run());
         tracing::info!(%udp, "SFU started");
         Ok(Arc::new(Sfu { udp, tx }))

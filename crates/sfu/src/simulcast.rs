@@ -8,6 +8,10 @@
 //! time of the new layer is rebased so the subscriber's decoder sees one continuous stream: str0m's writer
 //! packetizes with its own sequence numbers, and the timestamps continue from the last forwarded frame by the
 //! wall-clock time in between.
+//!
+//! Bandwidth: the SFU measures each layer's bitrate ([`Layers::bitrate`]) and caps what a subscriber gets by
+//! its bandwidth estimate (TWCC or REMB, see [`fit`]): the forwarded rank is the lower of the wanted quality
+//! and that cap ([`LayerState::target`]).
 
 use std::time::{Duration, Instant};
 
@@ -40,15 +44,51 @@ pub(crate) fn quality(name: &str) -> Option<usize> {
     }
 }
 
-/// The layers a publisher currently sends on one track.
+/// Bitrates are measured over windows of this length.
+const RATE_WINDOW: Duration = Duration::from_millis(1000);
+/// Moving to a higher layer needs this much more budget than the layer's bitrate (percent): no flapping at
+/// the edge.
+const UPGRADE_HEADROOM: u64 = 115;
+
+/// The layers a publisher currently sends on one track, and their bitrates.
 #[derive(Default)]
 pub(crate) struct Layers {
     seen: [Option<(Rid, Instant)>; RANKS],
+    /// Bytes per rank in the current window, which started at `window`.
+    bytes: [u64; RANKS],
+    window: Option<Instant>,
+    /// Smoothed bitrate per rank (bit/s), 0 before the first window ends.
+    bps: [u64; RANKS],
 }
 
 impl Layers {
-    pub fn seen(&mut self, rid: Rid, at: Instant) {
-        self.seen[rank(&rid)] = Some((rid, at));
+    /// A frame of layer `rid` (`bytes` long) arrived at `at`.
+    pub fn seen(&mut self, rid: Rid, at: Instant, bytes: usize) {
+        let r = rank(&rid);
+        self.seen[r] = Some((rid, at));
+        self.bytes[r] += bytes as u64;
+        let start = *self.window.get_or_insert(at);
+        let elapsed = at.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            let ms = elapsed.as_millis().max(1) as u64;
+            for (bps, bytes) in self.bps.iter_mut().zip(self.bytes.iter_mut()) {
+                let measured = *bytes * 8 * 1000 / ms;
+                *bps = if *bps == 0 {
+                    measured
+                } else {
+                    (*bps + measured) / 2
+                };
+                *bytes = 0;
+            }
+            self.window = Some(at);
+        }
+    }
+
+    /// The measured bitrate (bit/s) of the layer of rank `rank`, if it is live and measured.
+    pub fn bitrate(&self, rank: usize, now: Instant) -> Option<u64> {
+        let (_, at) = self.seen.get(rank).copied().flatten()?;
+        let bps = self.bps[rank];
+        (now.saturating_duration_since(at) < LAYER_TIMEOUT && bps > 0).then_some(bps)
     }
 
     pub fn is_simulcast(&self) -> bool {
@@ -75,6 +115,37 @@ impl Layers {
     }
 }
 
+/// The bandwidth cap (a rank) for a subscriber of `layers` wanting `want` with `budget` bit/s for this track,
+/// whose cap is `current` now: the best layer at or below `want` whose bitrate fits (moving up needs
+/// [`UPGRADE_HEADROOM`]), else the lowest. Layers without a measured bitrate yet only count at or below the
+/// current cap.
+pub(crate) fn fit(
+    layers: &Layers,
+    want: usize,
+    budget: u64,
+    current: usize,
+    now: Instant,
+) -> usize {
+    let want = want.min(RANKS - 1);
+    for r in (0..=want).rev() {
+        match layers.bitrate(r, now) {
+            Some(bps) => {
+                let need = if r > current {
+                    bps * UPGRADE_HEADROOM / 100
+                } else {
+                    bps
+                };
+                if need <= budget {
+                    return r;
+                }
+            }
+            None if r <= current && layers.seen[r].is_some() => return r,
+            None => {}
+        }
+    }
+    0
+}
+
 /// What to do with a frame for one subscriber.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admit {
@@ -88,6 +159,8 @@ pub(crate) enum Admit {
 pub(crate) struct LayerState {
     /// Wanted quality rank.
     pub want: usize,
+    /// Highest rank the subscriber's bandwidth estimate allows.
+    pub cap: usize,
     /// The layer being forwarded.
     pub current: Option<Rid>,
     /// Added to the media time of the current layer.
@@ -100,6 +173,7 @@ impl Default for LayerState {
     fn default() -> Self {
         LayerState {
             want: DEFAULT_WANT,
+            cap: RANKS - 1,
             current: None,
             offset: 0,
             last_out: None,
@@ -108,6 +182,11 @@ impl Default for LayerState {
 }
 
 impl LayerState {
+    /// The rank to forward: the wanted quality, capped by bandwidth.
+    pub fn target(&self) -> usize {
+        self.want.min(self.cap)
+    }
+
     /// The track is fed from another publisher: start again at its next keyframe, continuing the timeline.
     pub fn new_source(&mut self) {
         self.current = None;
@@ -157,20 +236,20 @@ mod tests {
         let mut l = Layers::default();
         assert!(!l.is_simulcast());
         assert_eq!(l.pick(2, now), None);
-        l.seen("q".into(), now);
-        l.seen("f".into(), now);
+        l.seen("q".into(), now, 100);
+        l.seen("f".into(), now, 100);
         assert_eq!(l.pick(2, now).as_deref(), Some("f"));
         assert_eq!(l.pick(1, now).as_deref(), Some("q"), "best at or below");
         assert_eq!(l.pick(0, now).as_deref(), Some("q"));
         let later = now + Duration::from_secs(5);
-        l.seen("q".into(), later);
+        l.seen("q".into(), later, 100);
         assert_eq!(
             l.pick(2, later).as_deref(),
             Some("q"),
             "a stopped layer is not picked"
         );
         let mut l = Layers::default();
-        l.seen("f".into(), now);
+        l.seen("f".into(), now, 100);
         assert_eq!(
             l.pick(0, now).as_deref(),
             Some("f"),
@@ -178,5 +257,69 @@ mod tests {
         );
         assert_eq!(quality("medium"), Some(1));
         assert_eq!(quality("x"), None);
+    }
+
+    /// Three layers at 150 kbit/s, 500 kbit/s and 1.5 Mbit/s for two seconds of 30 fps frames.
+    fn three_layers(start: Instant) -> (Layers, Instant) {
+        let mut l = Layers::default();
+        let mut t = start;
+        for _ in 0..60 {
+            t += Duration::from_micros(33_333);
+            l.seen("q".into(), t, 150_000 / 8 / 30);
+            l.seen("h".into(), t, 500_000 / 8 / 30);
+            l.seen("f".into(), t, 1_500_000 / 8 / 30);
+        }
+        (l, t)
+    }
+
+    #[test]
+    fn layer_bitrates_are_measured_per_rank() {
+        let (l, t) = three_layers(Instant::now());
+        for (rank, want) in [(0, 150_000f64), (1, 500_000.0), (2, 1_500_000.0)] {
+            let got = l.bitrate(rank, t).expect("measured") as f64;
+            assert!(
+                (got - want).abs() / want < 0.1,
+                "rank {rank}: {got} vs {want}"
+            );
+        }
+        assert_eq!(
+            l.bitrate(2, t + Duration::from_secs(5)),
+            None,
+            "a stopped layer has no bitrate"
+        );
+    }
+
+    #[test]
+    fn bandwidth_caps_the_layer_with_headroom_to_move_up() {
+        let (l, t) = three_layers(Instant::now());
+        assert_eq!(fit(&l, 2, 5_000_000, 2, t), 2, "plenty: the full layer");
+        assert_eq!(fit(&l, 2, 1_000_000, 2, t), 1, "1 Mbit/s: the half layer");
+        assert_eq!(
+            fit(&l, 2, 300_000, 2, t),
+            0,
+            "300 kbit/s: the quarter layer"
+        );
+        assert_eq!(
+            fit(&l, 2, 50_000, 2, t),
+            0,
+            "nothing fits: still the lowest"
+        );
+        assert_eq!(
+            fit(&l, 0, 5_000_000, 2, t),
+            0,
+            "never above the wanted quality"
+        );
+        // 1.6 Mbit/s fits the full layer (1.5) from above, but is not enough headroom to move up to it.
+        assert_eq!(fit(&l, 2, 1_600_000, 2, t), 2);
+        assert_eq!(fit(&l, 2, 1_600_000, 1, t), 1);
+        assert_eq!(fit(&l, 2, 1_800_000, 1, t), 2);
+        let mut st = LayerState {
+            cap: 0,
+            ..Default::default()
+        };
+        assert_eq!(st.target(), 0);
+        st.cap = 2;
+        st.want = 1;
+        assert_eq!(st.target(), 1);
     }
 }

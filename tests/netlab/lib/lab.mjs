@@ -153,6 +153,11 @@ export class Lab {
     netlab('readdress', this.prefix, side, ip);
   }
 
+  /** Limits side a/b's downlink (what its router forwards to the client) to `rate` ('300kbit'), or 'off'. */
+  shape(side, rate) {
+    netlab('shape', this.prefix, side, rate);
+  }
+
   ns(node) {
     return `${this.prefix}-${node}`;
   }

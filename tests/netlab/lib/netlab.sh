@@ -16,6 +16,8 @@
 #                                         client (only TCP leaves, e.g. TURN over TCP).
 #   netlab.sh readdress P a|b NEWIP       move router a/b's public address to NEWIP (in 203.0.113.0/24); the old
 #                                         address is removed, which also drops the NAT's existing mappings.
+#   netlab.sh shape P a|b RATE|off        limit what router a/b forwards to its client (its LAN egress, i.e. the
+#                                         client's downlink) to RATE (tc tbf, e.g. 300kbit or 2mbit); off lifts it
 #   netlab.sh exec P NODE CMD...          run CMD in namespace P-NODE (NODE: pub, ra, rb, a, b)
 #   netlab.sh status P                    addresses and NAT rules of the lab
 #   netlab.sh down P                      kill whatever still runs in the lab's namespaces, delete them
@@ -152,6 +154,15 @@ case "$cmd" in
     nsx "$1-$R" sysctl -qw net.ipv4.conf.wan.promote_secondaries=1
     ip -n "$1-$R" addr add "$3/24" dev wan
     for a in $old; do ip -n "$1-$R" addr del "$a" dev wan; done ;;
+  shape)
+    check_prefix "${1:-}"; side_vars "${2:-}"
+    if [[ "${3:-}" == off ]]; then
+      nsx "$1-$R" tc qdisc del dev lan root 2>/dev/null || true
+    else
+      [[ "${3:-}" =~ ^[0-9]+(kbit|mbit)$ ]] || die "rate must be like 300kbit or 2mbit, or off"
+      # A 100 ms queue, then drops: what a congested home link does to a downlink.
+      nsx "$1-$R" tc qdisc replace dev lan root tbf rate "$3" burst 16kb latency 100ms
+    fi ;;
   exec) check_prefix "${1:-}"; P=$1; N=$2; shift 2; exec ip netns exec "$P-$N" "$@" ;;
   status) check_prefix "${1:-}"; cmd_status "$1" ;;
   *) sed -n '2,25p' "$0"; exit 2 ;;

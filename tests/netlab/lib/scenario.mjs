@@ -16,16 +16,17 @@ export function turnNotImplemented(err) {
 }
 
 /**
- * Runs `fn(ctx)` with a fresh lab; `ctx` = {lab, t}. Options: a, b (NAT of each side), turn (server runs TURN).
+ * Runs `fn(ctx)` with a fresh lab; `ctx` = {lab, t}. Options: a, b (NAT of each side), turn (server runs TURN),
+ * env (extra environment of the server).
  * The lab is closed when `fn` ends (or fails), and by the file's after() hook at the latest.
  */
-export async function withLab(t, name, { a = {}, b = {}, turn = true } = {}, fn) {
+export async function withLab(t, name, { a = {}, b = {}, turn = true, env = {} } = {}, fn) {
   const lab = new Lab(name);
   open.add(lab);
   try {
     await lab.start({ a, b });
     try {
-      await lab.startServer({ turn });
+      await lab.startServer({ turn, env });
     } catch (err) {
       if (turn && turnNotImplemented(err)) {
         t.skip('this switchboard binary has no TURN server yet ("TURN server not implemented"); rebuild it');
