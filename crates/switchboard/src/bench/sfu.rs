@@ -77,10 +77,11 @@ pub struct SfuBenchArgs {
     /// Participants joining at the same time.
     #[arg(long, default_value_t = 16)]
     join_concurrency: usize,
-    /// Allow a server that is not on loopback (a lab network); the generator binds `--bind`.
+    /// Allow a server that is not on loopback (a lab network).
     #[arg(long)]
     allow_remote: bool,
-    /// Local address of the participants' UDP sockets.
+    /// Local address of the participants' UDP sockets: loopback or 198.18.0.0/15 (RFC 2544's benchmarking
+    /// range, e.g. on a dummy interface), anything else with `--allow-remote`.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
 }
@@ -92,6 +93,18 @@ fn host_of(url: &str) -> &str {
         return v6.split(']').next().unwrap_or("");
     }
     auth.rsplit_once(':').map(|(h, _)| h).unwrap_or(auth)
+}
+
+/// Loopback, or RFC 2544's benchmarking range 198.18.0.0/15: Janus gathers no candidates on loopback
+/// interfaces, so `bench/sfu.sh` gives it a dummy interface with such an address in a network namespace of
+/// its own.
+fn is_local_bind(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || (v4.octets()[0] == 198 && v4.octets()[1] & 0xfe == 18)
+        }
+        IpAddr::V6(v6) => v6.is_loopback(),
+    }
 }
 
 fn is_loopback_host(h: &str) -> bool {
@@ -119,7 +132,7 @@ fn validate(a: &SfuBenchArgs) -> anyhow::Result<()> {
         bail!("--setup-timeout must be at most 300 seconds");
     }
     let target = a.janus.as_deref().unwrap_or(&a.url);
-    if !a.allow_remote && (!is_loopback_host(host_of(target)) || !a.bind.is_loopback()) {
+    if !a.allow_remote && (!is_loopback_host(host_of(target)) || !is_local_bind(a.bind)) {
         bail!(
             "{target} (or --bind {}) is not loopback: pass --allow-remote for a lab network",
             a.bind
@@ -422,6 +435,9 @@ mod tests {
         validate(&a).unwrap();
         let a = parse(&["--url", "http://[::1]:8080"]);
         validate(&a).unwrap();
+        validate(&parse(&["--bind", "198.19.255.1"])).unwrap();
+        assert!(validate(&parse(&["--bind", "198.20.0.1"])).is_err());
+        assert!(validate(&parse(&["--bind", "192.0.2.2"])).is_err());
     }
 
     #[test]
