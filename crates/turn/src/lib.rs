@@ -5,6 +5,7 @@
 //! - [`TurnServer::start`]: binds the listeners and spawns the relay workers on the current tokio runtime.
 //! - [`rest_credentials`]: mints coturn-compatible time-limited credentials (`use-auth-secret`).
 
+mod batch;
 pub mod client;
 pub mod core;
 pub mod policy;

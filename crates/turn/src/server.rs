@@ -1,25 +1,37 @@
 //! tokio drivers: UDP/TCP/TLS listeners, one UDP relay socket per allocation, expiry sweeper.
+//!
+//! The UDP relay hot path is batched: a listener or relay socket is drained with one `recvmmsg` of up
+//! to [`BATCH`] datagrams, the core is locked once for the whole batch (ChannelData and peer data are
+//! looked up and counted by the sans-IO core, so permissions, channel expiry, bandwidth caps and
+//! metrics behave exactly as for single packets), and the results leave with one `sendmmsg` per
+//! destination socket. A drained relay socket (fewer than `BATCH` datagrams read) clears its readiness
+//! without the extra `EAGAIN` read. Buffers are allocated once per task or per worker thread, never per
+//! packet.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use stun::stream_frame_len;
+use stun::{stream_frame_len, ChannelData};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::batch::{RecvBatch, SendBatch, SendScratch, BATCH};
 use crate::core::{AllocId, Core, FiveTuple, Output, Transport};
 
 /// A relay socket and the token that stops its task.
 #[derive(Debug)]
 pub(crate) struct Relay {
-    socket: UdpSocket,
+    socket: AsyncFd<std::net::UdpSocket>,
     cancel: CancellationToken,
     /// DF is set on the socket for every datagram (Allocate with DONT-FRAGMENT).
     dont_fragment: AtomicBool,
@@ -65,7 +77,8 @@ impl Shared {
 fn bind_relay(addr: SocketAddr, parent: &CancellationToken) -> io::Result<RelayHandle> {
     let std_sock = std::net::UdpSocket::bind(addr)?;
     std_sock.set_nonblocking(true)?;
-    let socket = UdpSocket::from_std(std_sock)?;
+    // SAFETY: the std socket owns its file descriptor, which stays open as long as the AsyncFd.
+    let socket = unsafe { AsyncFd::register(std_sock) }.map_err(|e| e.into_parts().1)?;
     Ok(Arc::new(Relay {
         socket,
         cancel: parent.child_token(),
@@ -218,9 +231,6 @@ async fn udp_send(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> io::Result
     }
 }
 
-/// Most datagrams handled per wakeup before yielding to other tasks.
-const BATCH: usize = 64;
-
 /// Common handling of an [`Output`] for all client transports.
 async fn dispatch(
     shared: &Arc<Shared>,
@@ -240,7 +250,7 @@ async fn dispatch(
             for r in std::iter::once(&relay).chain(relay2.as_ref()) {
                 if dont_fragment {
                     // The core only accepts DONT-FRAGMENT when the probe at start succeeded.
-                    let v6 = r.socket.local_addr().is_ok_and(|a| a.is_ipv6());
+                    let v6 = r.socket.get_ref().local_addr().is_ok_and(|a| a.is_ipv6());
                     match set_dont_fragment(&r.socket, v6, true) {
                         Ok(()) => r.dont_fragment.store(true, Ordering::Relaxed),
                         Err(e) => warn!(error = %e, "could not set DF on relay socket"),
@@ -277,7 +287,7 @@ async fn dispatch(
                     debug!(error = %e, "could not set DF");
                 }
             }
-            let res = udp_send(&relay.socket, data, peer).await;
+            let res = relay_send(&relay, data, peer).await;
             if toggle {
                 let _ = set_dont_fragment(&relay.socket, v6, false);
             }
@@ -300,57 +310,260 @@ async fn dispatch(
     Ok(())
 }
 
-/// Reads from one allocation's relay socket and forwards to the client.
-async fn relay_task(shared: Arc<Shared>, id: AllocId, relay: RelayHandle, sink: ClientSink) {
-    let mut buf = vec![0u8; 65536];
-    let mut out = Vec::with_capacity(65536 + 64);
-    let cancelled = relay.cancel.cancelled();
-    tokio::pin!(cancelled);
+/// Send one datagram from a relay socket, waiting for room in the socket buffer if needed.
+async fn relay_send(relay: &Relay, data: &[u8], to: SocketAddr) -> io::Result<()> {
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            r = relay.socket.readable() => {
-                if let Err(e) = r {
-                    debug!(error = %e, "relay socket error");
+        match relay.socket.get_ref().send_to(data, to) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut guard = relay.socket.writable().await?;
+                guard.clear_ready();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Batches handled per wakeup before yielding to other tasks.
+const BATCHES_PER_WAKEUP: usize = 8;
+
+/// Per worker-thread scratch of the relay → client path (used synchronously, never across an await).
+struct RelayScratch {
+    rx: RecvBatch,
+    tx: SendBatch,
+}
+
+thread_local! {
+    static RELAY_SCRATCH: RefCell<Option<Box<RelayScratch>>> = const { RefCell::new(None) };
+}
+
+/// Count datagrams the kernel did not take (UDP semantics: they are dropped).
+fn count_send_drops(n: usize) {
+    if n > 0 {
+        metrics::counter!("turn_dropped_packets_total", "reason" => "send_error")
+            .increment(n as u64);
+    }
+}
+
+/// Relay → UDP client, one batch: read what is queued on the relay socket, let the core encode it for
+/// the client under one lock, send it all with one `sendmmsg`. Returns true when the relay socket is
+/// drained.
+fn relay_batch_udp(
+    shared: &Shared,
+    id: AllocId,
+    relay: &Relay,
+    client_fd: i32,
+    client: SocketAddr,
+) -> bool {
+    RELAY_SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let sc = slot.get_or_insert_with(|| {
+            Box::new(RelayScratch {
+                rx: RecvBatch::new(),
+                tx: SendBatch::new(crate::batch::SLOT + 64),
+            })
+        });
+        let n = match sc.rx.recv(relay.socket.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "relay recv error");
+                return true;
+            }
+        };
+        if n == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        {
+            let mut core = shared.core();
+            for k in 0..n {
+                let (data, Some(peer)) = sc.rx.get(k) else {
+                    continue;
+                };
+                let Some(out) = sc.tx.next_buf() else {
                     break;
+                };
+                if core.handle_peer(now, id, peer, data, out) {
+                    sc.tx.commit(client);
                 }
             }
         }
-        for _ in 0..BATCH {
-            let (n, peer) = match relay.socket.try_recv_from(&mut buf) {
-                Ok(v) => v,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+        let queued = sc.tx.len();
+        match sc.tx.flush(client_fd) {
+            Ok(sent) => count_send_drops(queued - sent),
+            Err(e) => {
+                debug!(error = %e, "send to client failed");
+                count_send_drops(queued);
+            }
+        }
+        n < BATCH
+    })
+}
+
+/// Reads from one allocation's relay socket and forwards to the client.
+async fn relay_task(shared: Arc<Shared>, id: AllocId, relay: RelayHandle, sink: ClientSink) {
+    let cancelled = relay.cancel.cancelled();
+    tokio::pin!(cancelled);
+    // Stream clients (TCP/TLS) are written one frame at a time with task-owned buffers.
+    let mut stream_bufs: Option<(Vec<u8>, Vec<u8>)> = None;
+    loop {
+        let mut guard = tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            r = relay.socket.readable() => match r {
+                Ok(g) => g,
                 Err(e) => {
-                    debug!(error = %e, "relay recv error");
+                    debug!(error = %e, "relay socket error");
                     break;
                 }
-            };
-            let ok = shared
-                .core()
-                .handle_peer(Instant::now(), id, peer, &buf[..n], &mut out);
-            if !ok {
-                continue;
+            },
+        };
+        match &sink {
+            ClientSink::Udp { socket, addr } => {
+                let mut drained = false;
+                for _ in 0..BATCHES_PER_WAKEUP {
+                    if relay_batch_udp(&shared, id, &relay, socket.as_raw_fd(), *addr) {
+                        drained = true;
+                        break;
+                    }
+                }
+                if drained {
+                    guard.clear_ready();
+                } else {
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                }
             }
-            let res = match &sink {
-                ClientSink::Udp { socket, addr } => udp_send(socket, &out, *addr).await,
-                ClientSink::Stream(w) => w.lock().await.write_all(&out).await,
-            };
-            if let Err(e) = res {
-                debug!(error = %e, "send to client failed");
-                metrics::counter!("turn_dropped_packets_total", "reason" => "send_error")
-                    .increment(1);
+            ClientSink::Stream(w) => {
+                let (buf, out) = stream_bufs
+                    .get_or_insert_with(|| (vec![0u8; 65536], Vec::with_capacity(65536 + 64)));
+                for _ in 0..BATCH {
+                    let (n, peer) = match relay.socket.get_ref().recv_from(buf) {
+                        Ok(v) => v,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            guard.clear_ready();
+                            break;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "relay recv error");
+                            break;
+                        }
+                    };
+                    let ok = shared
+                        .core()
+                        .handle_peer(Instant::now(), id, peer, &buf[..n], out);
+                    if !ok {
+                        continue;
+                    }
+                    if let Err(e) = w.lock().await.write_all(out).await {
+                        debug!(error = %e, "send to client failed");
+                        count_send_drops(1);
+                    }
+                }
             }
         }
     }
 }
 
+/// A ChannelData datagram the core accepted: relay it from `relay` to `peer`; the payload is bytes
+/// `off..off + len` of datagram `k` of the listener's receive batch.
+struct ToPeer {
+    relay: RelayHandle,
+    peer: SocketAddr,
+    k: usize,
+    off: usize,
+    len: usize,
+}
+
+/// Client → peer fast path: datagrams `from..` of `rx` that are ChannelData go through the core under
+/// one lock and are queued in `pending`. Stops at the first other message (a STUN request or indication,
+/// handled by the caller one at a time) and returns its index (`n` when there is none).
+#[allow(clippy::too_many_arguments)]
+fn client_batch(
+    shared: &Shared,
+    rx: &RecvBatch,
+    from: usize,
+    n: usize,
+    local: SocketAddr,
+    now: Instant,
+    out: &mut Vec<u8>,
+    pending: &mut Vec<ToPeer>,
+) -> usize {
+    let mut core = None;
+    for k in from..n {
+        let (data, src) = rx.get(k);
+        let Some(client) = src else {
+            continue;
+        };
+        if !ChannelData::is_channel_data(data) {
+            return k;
+        }
+        let core = core.get_or_insert_with(|| shared.core());
+        let ft = FiveTuple {
+            client,
+            server: local,
+            transport: Transport::Udp,
+        };
+        let mut no_bind = |_: SocketAddr| -> io::Result<RelayHandle> {
+            Err(io::Error::other("ChannelData never allocates"))
+        };
+        if let Output::ToPeer {
+            relay, peer, data, ..
+        } = core.handle_client(now, ft, data, out, &mut no_bind)
+        {
+            if let Some((off, len)) = rx.offset_in(k, data) {
+                pending.push(ToPeer {
+                    relay,
+                    peer,
+                    k,
+                    off,
+                    len,
+                });
+            }
+        }
+    }
+    n
+}
+
+/// Send every queued client → peer datagram, one `sendmmsg` per run of datagrams on the same relay.
+fn flush_to_peers(rx: &RecvBatch, pending: &mut Vec<ToPeer>, scratch: &mut SendScratch) {
+    let mut i = 0;
+    while i < pending.len() {
+        let relay = &pending[i].relay;
+        let run = pending[i..]
+            .iter()
+            .take_while(|p| Arc::ptr_eq(&p.relay, relay))
+            .count();
+        let group = &pending[i..i + run];
+        let item = |j: usize| {
+            let p = &group[j];
+            let (d, _) = rx.get(p.k);
+            (&d[p.off..p.off + p.len], p.peer)
+        };
+        match scratch.send(relay.socket.as_raw_fd(), run, item) {
+            Ok(sent) => count_send_drops(run - sent),
+            Err(e) => {
+                debug!(error = %e, "relay send failed");
+                count_send_drops(run);
+            }
+        }
+        i += run;
+    }
+    pending.clear();
+}
+
 /// One UDP listener worker.
 pub(crate) async fn udp_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr) {
-    let mut buf = vec![0u8; 65536];
+    let mut rx = RecvBatch::new();
+    let mut scratch = SendScratch::new();
+    let mut pending: Vec<ToPeer> = Vec::with_capacity(BATCH);
     let mut out = Vec::with_capacity(2048);
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
+    let sink = ClientSink::Udp {
+        socket: socket.clone(),
+        addr: local,
+    };
     loop {
         tokio::select! {
             biased;
@@ -362,33 +575,67 @@ pub(crate) async fn udp_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local:
                 }
             }
         }
-        for _ in 0..BATCH {
-            let (n, from) = match socket.try_recv_from(&mut buf) {
-                Ok(v) => v,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
+        for _ in 0..BATCHES_PER_WAKEUP {
+            // try_io clears the readiness when the closure reports WouldBlock: a batch shorter than
+            // BATCH means the queue was drained, so report it that way (keeping the datagrams) and
+            // save the read that would only return EAGAIN.
+            let mut n = 0;
+            let r = socket.try_io(tokio::io::Interest::READABLE, || {
+                n = rx.recv(socket.as_raw_fd())?;
+                if n < BATCH {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = r {
+                if e.kind() != io::ErrorKind::WouldBlock {
                     debug!(error = %e, "udp recv error");
                     break;
                 }
-            };
-            let ft = FiveTuple {
-                client: from,
-                server: local,
-                transport: Transport::Udp,
-            };
-            let cancel = &shared.cancel;
-            let action =
-                shared
-                    .core()
-                    .handle_client(Instant::now(), ft, &buf[..n], &mut out, &mut |addr| {
-                        bind_relay(addr, cancel)
-                    });
-            let sink = ClientSink::Udp {
-                socket: socket.clone(),
-                addr: from,
-            };
-            if let Err(e) = dispatch(&shared, action, &out, &sink).await {
-                debug!(error = %e, client = %from, "udp send failed");
+            }
+            if n == 0 {
+                break;
+            }
+            let now = Instant::now();
+            let mut k = 0;
+            while k < n {
+                k = client_batch(&shared, &rx, k, n, local, now, &mut out, &mut pending);
+                flush_to_peers(&rx, &mut pending, &mut scratch);
+                if k >= n {
+                    break;
+                }
+                // A STUN message: the full (slow) path, one at a time.
+                let (data, src) = rx.get(k);
+                k += 1;
+                let Some(from) = src else {
+                    continue;
+                };
+                let ft = FiveTuple {
+                    client: from,
+                    server: local,
+                    transport: Transport::Udp,
+                };
+                let cancel = &shared.cancel;
+                let action =
+                    shared
+                        .core()
+                        .handle_client(Instant::now(), ft, data, &mut out, &mut |addr| {
+                            bind_relay(addr, cancel)
+                        });
+                let ClientSink::Udp { socket, .. } = &sink else {
+                    continue;
+                };
+                let reply_sink = ClientSink::Udp {
+                    socket: socket.clone(),
+                    addr: from,
+                };
+                if let Err(e) = dispatch(&shared, action, &out, &reply_sink).await {
+                    debug!(error = %e, client = %from, "udp send failed");
+                }
+            }
+            if n < BATCH {
+                break; // drained, readiness cleared
             }
         }
     }
