@@ -30,6 +30,9 @@ const FILE_LOW_WATER: usize = 256 * 1024;
 const OFFER_WATCHDOG: Duration = Duration::from_secs(8);
 const DISCONNECTED_RESTART: Duration = Duration::from_secs(3);
 const MAX_OUTBOX: usize = 1000;
+/// How long a TURN allocation being replaced (its server refused renewed credentials) stays after its
+/// replacement is ready: time for the remote to check the new relayed candidate before the old one goes.
+const RETIRE_GRACE: Duration = Duration::from_secs(3);
 
 /// The SDK's data channels: label, negotiated id, ordered, reliability.
 const CHANNELS: [(&str, u16, bool, Reliability); 3] = [
@@ -159,6 +162,8 @@ pub(crate) enum PeerCmd {
     },
     /// The signaling socket came back (resumed session): re-offer what may have been lost.
     Resumed,
+    /// Fresh ICE servers (renewed TURN credentials) from the server.
+    IceServers(Arc<IceConfig>),
 }
 
 /// What a peer task reports to the room.
@@ -207,6 +212,8 @@ pub(crate) struct PeerConfig {
     pub relay_only: bool,
     /// TLS client settings for `turns:` servers.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Refresh TURN allocations and channels at least this often.
+    pub turn_refresh: Option<Duration>,
     /// Published and recorded media.
     pub media: MediaConfig,
 }
@@ -306,6 +313,14 @@ struct TurnSlot {
     server: usize,
     transport: TurnTransport,
     announced: bool,
+    /// The relayed candidate given to str0m.
+    candidate: Option<Candidate>,
+    /// This allocation replaces slot `n` (whose server refused renewed credentials).
+    replaces: Option<usize>,
+    /// A replacement was started for this allocation.
+    replaced: bool,
+    /// When to release this (replaced) allocation and withdraw its candidate.
+    retire_at: Option<Instant>,
 }
 
 /// A STUN Binding in flight for a server-reflexive candidate.
@@ -347,6 +362,9 @@ struct Peer {
     incoming: Option<Incoming>,
     state: PeerState,
     disconnected_since: Option<Instant>,
+    /// A relayed candidate was withdrawn: restart ICE so the remote forgets it (there is no trickle message
+    /// removing a candidate) and both sides pair what is left.
+    restart_wanted: bool,
     flush_needed: bool,
     net_tx: mpsc::Sender<NetIn>,
     turns: Vec<TurnSlot>,
@@ -460,6 +478,7 @@ async fn run_peer(
         incoming: None,
         state: PeerState::Connecting,
         disconnected_since: None,
+        restart_wanted: false,
         flush_needed: false,
         net_tx,
         turns: Vec::new(),
@@ -685,7 +704,14 @@ impl Peer {
             server,
             transport,
             announced: false,
+            candidate: None,
+            replaces: None,
+            replaced: false,
+            retire_at: None,
         };
+        if let Some(every) = self.config.turn_refresh {
+            slot.alloc.set_refresh_interval(every);
+        }
         let tx = self.net_tx.clone();
         if transport.is_stream() {
             let tls = match (&t.tls, transport) {
@@ -788,16 +814,56 @@ impl Peer {
                     let proto = slot.transport.name();
                     let first = !slot.announced;
                     slot.announced = true;
+                    let replaces = slot.replaces;
                     tracing::info!(peer = %self.remote_id, server = %slot.alloc.server, %relayed, transport = proto, "TURN allocation ready");
                     if first {
                         match Candidate::relayed(relayed, local, "udp") {
-                            Ok(c) => self.add_gathered_candidate(c, Some(proto)),
+                            Ok(c) => {
+                                self.turns[idx].candidate = Some(c.clone());
+                                self.add_gathered_candidate(c, Some(proto));
+                            }
                             Err(e) => tracing::warn!(error = %e, "bad relayed candidate"),
                         }
+                    }
+                    if let Some(old) = replaces.and_then(|o| self.turns.get_mut(o)) {
+                        // Make before break: the old relay goes once the remote had time to check the new
+                        // one, and before its credentials expire.
+                        let now = Instant::now();
+                        let mut at = now + RETIRE_GRACE;
+                        if let Some(left) = old.alloc.credentials_left() {
+                            at = at.min(now + left.saturating_sub(Duration::from_millis(500)));
+                        }
+                        old.retire_at = Some(at);
+                    }
+                }
+                TurnEvent::RenewalRefused(reason) => {
+                    let (server, transport) = (slot.server, slot.transport);
+                    if slot.replaced || slot.alloc.is_failed() {
+                        continue;
+                    }
+                    slot.replaced = true;
+                    tracing::info!(peer = %self.remote_id, %reason, "TURN server keeps allocations on their first credentials: replacing the allocation with one on the renewed credentials");
+                    let new = self.turns.len();
+                    self.start_turn(server, transport);
+                    if let Some(n) = self.turns.get_mut(new) {
+                        n.replaces = Some(idx);
                     }
                 }
                 TurnEvent::Failed(reason) => {
                     let (server, failed) = (slot.server, slot.transport);
+                    let replaced = slot.replaced;
+                    slot.retire_at = None;
+                    if let Some(c) = slot.candidate.take() {
+                        // Its pairs are dead: let ICE move to the remaining ones now.
+                        self.extra_candidates.retain(|x| *x != c);
+                        self.rtc.direct_api().invalidate_candidate(&c);
+                        self.restart_wanted = true;
+                        self.drain();
+                    }
+                    if replaced {
+                        tracing::info!(peer = %self.remote_id, %reason, "replaced TURN allocation ended");
+                        continue;
+                    }
                     // Fallback order: UDP, TCP, TLS — the next one this server offers and we did not try.
                     let next = self.config.ice.turn.get(server).and_then(|t| {
                         TurnTransport::ALL.into_iter().find(|&x| {
@@ -831,6 +897,11 @@ impl Peer {
     fn gather_timers(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         for i in 0..self.turns.len() {
+            match self.turns[i].retire_at {
+                Some(t) if t <= now => self.retire_turn(i, now),
+                Some(t) => next = Some(next.map_or(t, |n| n.min(t))),
+                None => {}
+            }
             if self.turns[i].alloc.poll_timeout().is_some_and(|t| t <= now) {
                 self.turns[i].alloc.handle_timeout(now);
                 self.flush_turn(i);
@@ -865,6 +936,53 @@ impl Peer {
             }
         }
         next
+    }
+
+    /// Releases a replaced allocation and withdraws its relayed candidate (str0m drops its pairs and moves to
+    /// the best remaining one).
+    fn retire_turn(&mut self, idx: usize, now: Instant) {
+        let Some(slot) = self.turns.get_mut(idx) else {
+            return;
+        };
+        slot.retire_at = None;
+        if let Some(b) = slot.alloc.deallocate(now) {
+            match &slot.io {
+                TurnIo::Udp(s) => {
+                    let _ = s.try_send(&b);
+                }
+                TurnIo::Tcp(tx) => {
+                    let _ = tx.try_send(b);
+                }
+                TurnIo::Pending => {}
+            }
+        }
+        tracing::info!(peer = %self.remote_id, server = %slot.alloc.server, "replaced TURN allocation released");
+        if let Some(c) = slot.candidate.take() {
+            self.extra_candidates.retain(|x| *x != c);
+            self.rtc.direct_api().invalidate_candidate(&c);
+            self.restart_wanted = true;
+        }
+        self.drain();
+    }
+
+    /// New ICE servers (renewed TURN credentials): used by the allocations' next requests.
+    fn on_ice_servers(&mut self, ice: Arc<IceConfig>) {
+        let now = Instant::now();
+        // First: a replacement allocation started below takes its credentials from here.
+        self.config.ice = ice.clone();
+        for i in 0..self.turns.len() {
+            let slot = &mut self.turns[i];
+            let Some(t) = ice.turn.get(slot.server) else {
+                continue;
+            };
+            // The same server (same URL position and address): renew its credentials.
+            if t.addr(slot.transport) != Some(slot.alloc.server) || slot.replaced {
+                continue;
+            }
+            slot.alloc.set_credentials(&t.username, &t.password, now);
+            self.flush_turn(i);
+            self.turn_events(i);
+        }
     }
 
     /// Sends a published frame on every m-line of its kind (video from a keyframe on).
@@ -1229,6 +1347,11 @@ impl Peer {
                 self.make_offer(self.negotiated);
             }
         }
+        if self.restart_wanted && self.pending.is_none() && self.negotiated {
+            tracing::info!(peer = %self.remote_id, "relayed candidate withdrawn: ICE restart");
+            self.restart_wanted = false;
+            self.make_offer(true);
+        }
         if let Some(since) = self.disconnected_since {
             if now.duration_since(since) > DISCONNECTED_RESTART && self.pending.is_none() {
                 tracing::info!(peer = %self.remote_id, "connection lost: ICE restart");
@@ -1366,6 +1489,7 @@ impl Peer {
                 self.acks.insert(job.id.clone(), ack);
                 self.jobs.push_back(job);
             }
+            PeerCmd::IceServers(ice) => self.on_ice_servers(ice),
             PeerCmd::Resumed => {
                 if self.pending.is_some() {
                     self.rollback();

@@ -4,6 +4,12 @@
 //! One [`TurnAlloc`] is one allocation (UDP relay) reached over UDP or TCP. Peers get a channel
 //! (ChannelBind, which also installs the permission) on first use; datagrams to a peer are queued until
 //! its channel is bound. The allocation, channels and permissions are refreshed before they expire.
+//!
+//! TURN REST credentials expire. [`TurnAlloc::set_credentials`] switches to fresh ones: a Refresh with them
+//! goes out at once, and if the server accepts it every later request (Refresh, ChannelBind) uses them. A
+//! server that binds an allocation to the username it was created with (RFC 8656 §5 — ours and coturn do)
+//! answers 441: the allocation then keeps its old credentials and reports
+//! [`TurnEvent::RenewalRefused`] so the owner can replace it with a new allocation before they expire.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -64,6 +70,9 @@ pub(crate) enum TurnEvent {
     },
     /// The allocation failed or was lost.
     Failed(String),
+    /// The server refused to move this allocation to new credentials (441 Wrong Credentials, or another
+    /// error): it keeps the old ones, which will expire — replace the allocation.
+    RenewalRefused(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +80,8 @@ enum Kind {
     Allocate,
     Refresh(u32),
     ChannelBind(SocketAddr, u16),
+    /// A Refresh sent with new credentials, to learn whether the server takes them.
+    RenewProbe,
 }
 
 struct Txn {
@@ -80,6 +91,8 @@ struct Txn {
     resend_at: Option<Instant>,
     rto: Duration,
     auth_retries: u32,
+    /// The key the request was signed with (its response is checked with it).
+    key: Option<[u8; 16]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +122,12 @@ pub(crate) struct TurnAlloc {
     realm: Option<String>,
     nonce: Option<String>,
     key: Option<[u8; 16]>,
+    /// The credentials in use before [`TurnAlloc::set_credentials`], until the server accepted the new ones.
+    previous: Option<(String, String, Option<[u8; 16]>)>,
+    /// The server refused new credentials on this allocation: later ones are not tried on it.
+    renewal_refused: bool,
+    /// Refresh period of channels (and the allocation, if shorter than half its lifetime).
+    refresh_every: Duration,
     state: State,
     relayed: Option<SocketAddr>,
     refresh_at: Option<Instant>,
@@ -130,6 +149,9 @@ impl TurnAlloc {
             realm: None,
             nonce: None,
             key: None,
+            previous: None,
+            renewal_refused: false,
+            refresh_every: CHANNEL_REFRESH,
             state: State::Idle,
             relayed: None,
             refresh_at: None,
@@ -139,6 +161,69 @@ impl TurnAlloc {
             next_channel: CHANNEL_MIN,
             out: VecDeque::new(),
             events: VecDeque::new(),
+        }
+    }
+
+    /// Refreshes the allocation, its permissions and channels at least every `every` (default: channels every
+    /// 4 minutes, the allocation at half its lifetime). Call before [`TurnAlloc::start`].
+    pub fn set_refresh_interval(&mut self, every: Duration) {
+        self.refresh_every = every.clamp(Duration::from_secs(1), CHANNEL_REFRESH);
+    }
+
+    /// Time left before the credentials in use expire, for TURN REST usernames (`<unix expiry>:<user>`).
+    pub fn credentials_left(&self) -> Option<Duration> {
+        let (expiry, _) = self.username.split_once(':')?;
+        let expiry = std::time::UNIX_EPOCH + Duration::from_secs(expiry.parse().ok()?);
+        Some(
+            expiry
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
+    /// The username requests are signed with.
+    #[cfg(test)]
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Switches to fresh credentials (e.g. renewed TURN REST credentials) for the next requests. Once
+    /// allocated, a Refresh with the new credentials is sent at once; if the server refuses it (441), the
+    /// allocation keeps its current credentials and reports [`TurnEvent::RenewalRefused`].
+    pub fn set_credentials(&mut self, username: &str, password: &str, now: Instant) {
+        if (username == self.username && password == self.password)
+            || self.state == State::Failed
+            || self.renewal_refused
+        {
+            return;
+        }
+        let key = self
+            .realm
+            .as_deref()
+            .map(|realm| long_term_key(username, realm, password));
+        let old_user = std::mem::replace(&mut self.username, username.to_string());
+        let old_pass = std::mem::replace(&mut self.password, password.to_string());
+        let old_key = std::mem::replace(&mut self.key, key);
+        if self.state != State::Allocated {
+            // Not allocated yet: the Allocate (or its authenticated retry) uses them.
+            return;
+        }
+        if self.previous.is_none() {
+            self.previous = Some((old_user, old_pass, old_key));
+        }
+        self.request(Kind::RenewProbe, now, 0);
+    }
+
+    /// Back to the credentials the allocation had before [`TurnAlloc::set_credentials`].
+    fn renewal_failed(&mut self, reason: String) {
+        if let Some((u, p, k)) = self.previous.take() {
+            self.username = u;
+            self.password = p;
+            self.key = k;
+        }
+        if !self.renewal_refused {
+            self.renewal_refused = true;
+            self.events.push_back(TurnEvent::RenewalRefused(reason));
         }
     }
 
@@ -221,7 +306,7 @@ impl TurnAlloc {
                 number,
                 bound: false,
                 pending: true,
-                refresh_at: now + CHANNEL_REFRESH,
+                refresh_at: now + self.refresh_every,
                 queued,
             },
         );
@@ -258,6 +343,18 @@ impl TurnAlloc {
                 Ok(Some((c, r))) => (c, r.to_string()),
                 _ => (0, "error response without ERROR-CODE".to_string()),
             };
+            let renewed = self.previous.is_some() || txn.key != self.key;
+            if code == 441 && txn.kind != Kind::Allocate && renewed {
+                // The server keeps the allocation on the username it was created with.
+                if self.previous.is_some() {
+                    self.renewal_failed(format!("{code} {reason}"));
+                }
+                if txn.kind != Kind::RenewProbe && txn.auth_retries < 3 {
+                    // Sent with the refused credentials: again with the allocation's own.
+                    self.request(txn.kind, now, txn.auth_retries + 1);
+                }
+                return;
+            }
             let can_retry =
                 (code == 401 && txn.auth_retries == 0) || (code == 438 && txn.auth_retries < 2);
             if can_retry {
@@ -276,7 +373,7 @@ impl TurnAlloc {
             self.on_failure(txn.kind, format!("{code} {reason}"), now);
             return;
         }
-        if let Some(key) = &self.key {
+        if let Some(key) = &txn.key {
             if m.check_integrity(key).is_err() {
                 tracing::debug!(server = %self.server, "TURN response with bad integrity ignored");
                 // Put it back: the genuine response may still come.
@@ -307,12 +404,20 @@ impl TurnAlloc {
                 let lifetime = m.lifetime().ok().flatten().unwrap_or(ALLOC_LIFETIME);
                 self.schedule_refresh(lifetime, now);
             }
+            Kind::RenewProbe => {
+                // The server took the new credentials: the old ones are no longer needed.
+                if txn.key.is_some() && txn.key == self.key {
+                    self.previous = None;
+                }
+                let lifetime = m.lifetime().ok().flatten().unwrap_or(ALLOC_LIFETIME);
+                self.schedule_refresh(lifetime, now);
+            }
             Kind::ChannelBind(peer, _) => {
-                let stream = self.stream;
+                let (stream, refresh_every) = (self.stream, self.refresh_every);
                 if let Some(ch) = self.channels.get_mut(&peer) {
                     ch.bound = true;
                     ch.pending = false;
-                    ch.refresh_at = now + CHANNEL_REFRESH;
+                    ch.refresh_at = now + refresh_every;
                     for d in ch.queued.drain(..) {
                         let mut buf = Vec::with_capacity(d.len() + 8);
                         if ChannelData::encode(&mut buf, ch.number, &d, stream).is_ok() {
@@ -333,6 +438,7 @@ impl TurnAlloc {
             Kind::Refresh(_) => {
                 self.fail(format!("TURN Refresh at {} failed: {reason}", self.server))
             }
+            Kind::RenewProbe => self.renewal_failed(reason),
             Kind::ChannelBind(peer, _) => {
                 tracing::debug!(server = %self.server, %peer, %reason, "TURN ChannelBind failed");
                 // Try again in a few seconds (the timer re-sends it); meanwhile a new channel queues nothing.
@@ -346,8 +452,8 @@ impl TurnAlloc {
     }
 
     fn schedule_refresh(&mut self, lifetime: u32, now: Instant) {
-        let secs = u64::from(lifetime.max(60));
-        self.refresh_at = Some(now + Duration::from_secs(secs / 2));
+        let half = Duration::from_secs(u64::from(lifetime.max(60)) / 2);
+        self.refresh_at = Some(now + half.min(self.refresh_every));
     }
 
     fn request(&mut self, kind: Kind, now: Instant, auth_retries: u32) {
@@ -356,7 +462,7 @@ impl TurnAlloc {
         let r = (|| -> Result<(), StunError> {
             let method = match kind {
                 Kind::Allocate => Method::ALLOCATE,
-                Kind::Refresh(_) => Method::REFRESH,
+                Kind::Refresh(_) | Kind::RenewProbe => Method::REFRESH,
                 Kind::ChannelBind(..) => Method::CHANNEL_BIND,
             };
             let mut w =
@@ -367,6 +473,7 @@ impl TurnAlloc {
                     w.add_lifetime(ALLOC_LIFETIME)?;
                 }
                 Kind::Refresh(l) => w.add_lifetime(l)?,
+                Kind::RenewProbe => w.add_lifetime(ALLOC_LIFETIME)?,
                 Kind::ChannelBind(peer, number) => {
                     w.add_channel_number(number)?;
                     w.add_xor_peer_address(peer)?;
@@ -395,6 +502,9 @@ impl TurnAlloc {
                 resend_at: (!self.stream).then_some(now + FIRST_RTO),
                 rto: FIRST_RTO,
                 auth_retries,
+                key: self
+                    .key
+                    .filter(|_| self.realm.is_some() && self.nonce.is_some()),
             },
         );
     }
@@ -449,10 +559,11 @@ impl TurnAlloc {
             .filter(|(_, c)| !c.pending && now >= c.refresh_at)
             .map(|(p, c)| (*p, c.number))
             .collect();
+        let refresh_every = self.refresh_every;
         for (peer, number) in due {
             if let Some(ch) = self.channels.get_mut(&peer) {
                 ch.pending = true;
-                ch.refresh_at = now + CHANNEL_REFRESH;
+                ch.refresh_at = now + refresh_every;
             }
             self.request(Kind::ChannelBind(peer, number), now, 0);
         }
@@ -558,6 +669,202 @@ mod tests {
         }
         assert!(methods.contains(&Method::REFRESH));
         assert!(methods.contains(&Method::CHANNEL_BIND));
+    }
+
+    /// A TURN REST server in miniature: usernames are `<expiry second>:<user>`, the password is
+    /// `pw-<username>`, an expired username gets 401, and (unless `lenient`) a request on the allocation
+    /// with another username than the Allocate's gets 441 (RFC 8656 §5).
+    struct RestServer {
+        lenient: bool,
+        alloc_user: Option<String>,
+        /// Error codes answered, in order.
+        errors: Vec<u16>,
+        /// Usernames of the authenticated requests, with their method.
+        seen: Vec<(Method, String)>,
+    }
+
+    impl RestServer {
+        fn new(lenient: bool) -> RestServer {
+            RestServer {
+                lenient,
+                alloc_user: None,
+                errors: Vec::new(),
+                seen: Vec::new(),
+            }
+        }
+
+        fn answer(&mut self, req: &[u8], now_secs: u64) -> Vec<u8> {
+            let m = Message::parse(req).unwrap();
+            let mut out = Vec::new();
+            let error = |out: &mut Vec<u8>, code: u16| {
+                let mut w = MessageWriter::new(
+                    out,
+                    MessageType::new(m.method(), Class::Error),
+                    m.transaction_id(),
+                );
+                w.add_error_code(code, "x").unwrap();
+                w.add_realm("r").unwrap();
+                w.add_nonce("n").unwrap();
+            };
+            let Some(user) = m.username().unwrap() else {
+                self.errors.push(401);
+                error(&mut out, 401);
+                return out;
+            };
+            self.seen.push((m.method(), user.to_string()));
+            let expiry: u64 = user.split(':').next().unwrap().parse().unwrap();
+            if expiry < now_secs {
+                self.errors.push(401);
+                error(&mut out, 401);
+                return out;
+            }
+            let key = long_term_key(user, "r", &format!("pw-{user}"));
+            m.check_integrity(&key)
+                .expect("signed with the key of its username");
+            if m.method() == Method::ALLOCATE {
+                self.alloc_user = Some(user.to_string());
+            } else if !self.lenient && self.alloc_user.as_deref() != Some(user) {
+                self.errors.push(441);
+                error(&mut out, 441);
+                return out;
+            }
+            let mut w = MessageWriter::new(
+                &mut out,
+                MessageType::new(m.method(), Class::Success),
+                m.transaction_id(),
+            );
+            if m.method() == Method::ALLOCATE {
+                w.add_xor_relayed_address("127.0.0.1:50000".parse().unwrap())
+                    .unwrap();
+            }
+            if matches!(m.method(), Method::ALLOCATE | Method::REFRESH) {
+                w.add_lifetime(600).unwrap();
+            }
+            w.add_message_integrity(&key).unwrap();
+            out
+        }
+    }
+
+    /// Runs the allocation against `server` from `from` to `to` seconds (the clock starts at `t0`), with
+    /// a peer sending through it every second; calls `at(second, alloc)` each second first.
+    fn run(
+        a: &mut TurnAlloc,
+        server: &mut RestServer,
+        t0: Instant,
+        secs: std::ops::Range<u64>,
+        mut at: impl FnMut(u64, &mut TurnAlloc, Instant),
+    ) {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        for sec in secs {
+            for tenth in 0..10 {
+                let now = t0 + Duration::from_millis(sec * 1000 + tenth * 100);
+                if tenth == 0 {
+                    at(sec, a, now);
+                    a.send_to(peer, b"media", now);
+                }
+                if a.poll_timeout().is_some_and(|t| t <= now) {
+                    a.handle_timeout(now);
+                }
+                while let Some(req) = a.poll_transmit() {
+                    if ChannelData::is_channel_data(&req) {
+                        continue;
+                    }
+                    let resp = server.answer(&req, sec);
+                    a.handle_input(&resp, now);
+                }
+            }
+        }
+    }
+
+    fn rest_alloc(expiry: u64, t0: Instant) -> TurnAlloc {
+        let user = format!("{expiry}:alice");
+        let mut a = TurnAlloc::new(
+            "127.0.0.1:3478".parse().unwrap(),
+            false,
+            &user,
+            &format!("pw-{user}"),
+        );
+        a.set_refresh_interval(Duration::from_secs(2));
+        a.start(t0);
+        a
+    }
+
+    #[test]
+    fn expired_credentials_get_401_on_refresh_without_renewal() {
+        let t0 = Instant::now();
+        let mut server = RestServer::new(true);
+        let mut a = rest_alloc(10, t0);
+        run(&mut a, &mut server, t0, 0..15, |_, _, _| {});
+        assert!(server.errors.contains(&401), "{:?}", server.errors);
+        assert!(a.is_failed(), "the allocation survived expired credentials");
+    }
+
+    #[test]
+    fn renewed_credentials_are_used_by_later_requests_and_401_after_expiry_is_not_hit() {
+        let t0 = Instant::now();
+        let mut server = RestServer::new(true);
+        let mut a = rest_alloc(10, t0);
+        // Renewed at 80 % of each 10 s period: 8 s, 16 s, 24 s.
+        run(&mut a, &mut server, t0, 0..31, |sec, a, now| {
+            if sec > 0 && sec % 8 == 0 {
+                let user = format!("{}:alice", sec + 10);
+                a.set_credentials(&user, &format!("pw-{user}"), now);
+            }
+        });
+        assert!(!a.is_failed());
+        // Only the unauthenticated first Allocate was challenged.
+        assert_eq!(server.errors, vec![401], "{:?}", server.seen);
+        assert_eq!(a.username(), "34:alice");
+        let late: Vec<&(Method, String)> = server.seen.iter().rev().take(4).collect();
+        assert!(
+            late.iter()
+                .any(|(m, u)| *m == Method::REFRESH && u == "34:alice")
+                && late
+                    .iter()
+                    .any(|(m, u)| *m == Method::CHANNEL_BIND && u == "34:alice"),
+            "{late:?}"
+        );
+        assert!(a
+            .poll_event()
+            .is_some_and(|e| matches!(e, TurnEvent::Allocated { .. })));
+        assert_eq!(a.poll_event(), None, "no failure, no refused renewal");
+    }
+
+    #[test]
+    fn a_server_refusing_new_credentials_441_keeps_the_old_ones_and_reports_it() {
+        let t0 = Instant::now();
+        let mut server = RestServer::new(false);
+        let mut a = rest_alloc(100, t0);
+        run(&mut a, &mut server, t0, 0..12, |sec, a, now| {
+            if sec == 4 {
+                a.set_credentials("200:alice", "pw-200:alice", now);
+            }
+        });
+        // The probe (and a channel refresh sent at the same moment) got 441; nothing else failed.
+        assert!(
+            server.errors.len() >= 2
+                && server.errors[0] == 401
+                && server.errors[1..].iter().all(|&c| c == 441),
+            "{:?}",
+            server.errors
+        );
+        assert!(
+            !a.is_failed(),
+            "a refused renewal must not lose the allocation"
+        );
+        assert_eq!(
+            a.username(),
+            "100:alice",
+            "back on the allocation's credentials"
+        );
+        let events: Vec<TurnEvent> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert!(
+            matches!(&events[..], [TurnEvent::Allocated { .. }, TurnEvent::RenewalRefused(r)] if r.starts_with("441")),
+            "{events:?}"
+        );
+        // Requests after the refusal (every 2 s) went out with the old username and succeeded.
+        let (m, u) = server.seen.last().unwrap();
+        assert!(*m != Method::ALLOCATE && u == "100:alice", "{m:?} {u}");
     }
 
     #[test]

@@ -169,6 +169,10 @@ pub struct RoomOptions {
     /// A PEM file of CA certificates to trust for TURN over TLS (`turns:`) in addition to the Mozilla root
     /// store (e.g. a server's self-signed certificate).
     pub extra_ca_pem: Option<std::path::PathBuf>,
+    /// Refresh TURN allocations, permissions and channels at least this often (default: the allocation at
+    /// half its lifetime, channels every 4 minutes; clamped to 1 s..4 min). Short periods show at once whether
+    /// renewed credentials are accepted; mostly for tests.
+    pub turn_refresh: Option<Duration>,
 }
 
 /// Another name for [`RoomOptions`].
@@ -185,6 +189,7 @@ impl Default for RoomOptions {
             publish_ivf: None,
             record_dir: None,
             extra_ca_pem: None,
+            turn_refresh: None,
         }
     }
 }
@@ -291,6 +296,7 @@ impl Room {
                 ice: Arc::new(ice),
                 relay_only: options.relay_only,
                 tls,
+                turn_refresh: options.turn_refresh,
                 media,
             },
             ice_override: options.ice_servers_override.is_some(),
@@ -711,9 +717,8 @@ impl Actor {
         match signaling::open_and_join(&self.url, &self.token, self.resume_token.clone()).await {
             Ok((ws, joined)) => {
                 if !self.ice_override {
-                    // Fresh TURN credentials for the peer connections created from now on.
-                    let ice = crate::ice::resolve_ice_servers(&joined.ice_servers).await;
-                    self.peer_cfg.ice = Arc::new(ice);
+                    // Fresh TURN credentials: for new peer connections and the running allocations.
+                    self.renew_ice(&joined.ice_servers).await;
                 }
                 self.ws = Some(ws);
                 self.attempt = 0;
@@ -737,6 +742,15 @@ impl Actor {
                 tracing::debug!(error = %e, "reconnect failed");
                 self.socket_lost();
             }
+        }
+    }
+
+    /// New ICE servers (renewed TURN credentials) for new peers and every running peer's allocations.
+    async fn renew_ice(&mut self, servers: &[crate::IceServer]) {
+        let ice = Arc::new(crate::ice::resolve_ice_servers(servers).await);
+        self.peer_cfg.ice = ice.clone();
+        for peer in self.peers.values() {
+            let _ = peer.cmd.send(PeerCmd::IceServers(ice.clone()));
         }
     }
 
@@ -864,6 +878,14 @@ impl Actor {
                 }
             }
             ServerMsg::Pong {} => self.last_pong = Instant::now(),
+            ServerMsg::IceServers { ice_servers } => {
+                if self.ice_override {
+                    tracing::debug!("renewed ICE servers ignored: an override is in use");
+                } else {
+                    tracing::debug!("renewed ICE servers from the server");
+                    self.renew_ice(&ice_servers).await;
+                }
+            }
             ServerMsg::Error { code, message } => {
                 tracing::warn!(%code, %message, "signaling error");
                 if FATAL_CODES.contains(&code.as_str()) {

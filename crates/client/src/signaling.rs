@@ -165,6 +165,11 @@ pub(crate) enum ServerMsg {
         candidate: Option<CandidateInit>,
     },
     Pong {},
+    /// Fresh ICE servers (renewed TURN credentials).
+    IceServers {
+        #[serde(default)]
+        ice_servers: Vec<crate::IceServer>,
+    },
     Error {
         code: String,
         #[serde(default)]
@@ -469,6 +474,12 @@ mod tests {
         let m = parse_server_msg(r#"{"type":"whatever","x":1}"#);
         assert!(matches!(m, Some(ServerMsg::Unknown)));
         assert!(parse_server_msg("nope").is_none());
+        let m = parse_server_msg(
+            r#"{"type":"ice_servers","ice_servers":[{"urls":"turn:127.0.0.1:3478","username":"1:p","credential":"c"}]}"#,
+        );
+        assert!(
+            matches!(m, Some(ServerMsg::IceServers { ice_servers }) if ice_servers[0].username.as_deref() == Some("1:p"))
+        );
         let m = parse_server_msg(r#"{"type":"pong","ts":1}"#);
         assert!(matches!(m, Some(ServerMsg::Pong {})));
     }

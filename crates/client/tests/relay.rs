@@ -6,6 +6,10 @@
 //!   server refused without that CA), after UDP and TCP failed,
 //! - through coturn (`turnserver`, Debian `coturn`), given as an ICE server override;
 //!
+//! A relayed call outlives its TURN credentials: with a 10 s credential lifetime the server pushes fresh ones
+//! (`ice_servers`) and the clients keep relaying for over 3× that lifetime, never refused as expired; with
+//! 5 s credentials and no renewal the relay dies (the control).
+//!
 //! And a server-reflexive candidate is gathered from a STUN Binding answer.
 //!
 //! Needs the binary: `SWITCHBOARD_BIN`, else `<workspace>/target/debug/switchboard`. The coturn test is skipped
@@ -105,11 +109,16 @@ async fn start_server_with(with_turn: bool, env: &[(&str, String)]) -> Server {
 
 /// TURN REST credentials (coturn `use-auth-secret`): `expiry:user`, base64(HMAC-SHA1(secret, username)).
 fn rest_credentials(secret: &str, user: &str) -> (String, String) {
+    rest_credentials_for(secret, user, 3600)
+}
+
+/// [`rest_credentials`] valid for `ttl` seconds.
+fn rest_credentials_for(secret: &str, user: &str, ttl: u64) -> (String, String) {
     let expiry = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-        + 3600;
+        + ttl;
     let username = format!("{expiry}:{user}");
     let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("hmac key");
     mac.update(username.as_bytes());
@@ -164,6 +173,22 @@ async fn metric(http: &str, name: &str) -> f64 {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with([' ', '{']))
         })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The value of the `/metrics` sample `name{...label...}` (0 when absent).
+async fn metric_with(http: &str, name: &str, label: &str) -> f64 {
+    let authority = http.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connect /metrics");
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -641,4 +666,142 @@ async fn turns_refuses_a_certificate_it_does_not_trust() {
     );
     srv.proc.kill().await.ok();
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Two relay-only clients (TURN refreshed every 2 s) connected through the server's own TURN.
+async fn short_credentials_call(
+    server: &ServerUrl,
+    room: &str,
+    ice: Option<Vec<IceServer>>,
+) -> (Room, Room) {
+    let opts = RoomOptions {
+        turn_refresh: Some(Duration::from_secs(2)),
+        ..relay_opts(ice)
+    };
+    let alice = join(server, room, "Alice", opts.clone()).await;
+    let bob = join(server, room, "Bob", opts).await;
+    for (who, r) in [("alice", &alice), ("bob", &bob)] {
+        wait_for(r, 30, &format!("{who}: file channel open"), |ev| match ev {
+            RoomEvent::ChannelOpen {
+                channel: ChannelKind::File,
+                ..
+            } => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    (alice, bob)
+}
+
+/// Sends chat `tag-<n>` every second for `secs` seconds; returns how many of them Bob received within a
+/// second of being sent.
+async fn chat_every_second(alice: &Room, bob: &Room, tag: &str, secs: u32) -> u32 {
+    let mut got = 0;
+    for n in 0..secs {
+        let text = format!("{tag}-{n}");
+        alice.send_chat(&text).await.expect("chat");
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(until, bob.next_event()).await {
+            match ev {
+                RoomEvent::Chat { text: t, .. } if t == text => got += 1,
+                RoomEvent::PeerState { state, .. } => eprintln!("{tag} {n}: bob's peer {state:?}"),
+                _ => {}
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_call_outlives_its_turn_credentials_with_renewal() {
+    const TTL: u64 = 10;
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+    let mut srv = start_server_with(
+        true,
+        &[("SWITCHBOARD_ICE_CREDENTIAL_TTL_SECS", TTL.to_string())],
+    )
+    .await;
+    let server = ServerUrl::parse(&srv.url).expect("url");
+    let (alice, bob) = short_credentials_call(&server, "renew", None).await;
+    // Over 3× the credentials' lifetime of chat, one message a second.
+    let secs = 3 * TTL as u32 + 4;
+    let got = chat_every_second(&alice, &bob, "renew", secs).await;
+    eprintln!("chat received {got}/{secs}");
+    // Past 3× the lifetime: a file still goes through the relay intact.
+    let dir = std::env::temp_dir().join(format!("sb-renew-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("late.bin");
+    let data: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    let (deliveries, received) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(30), alice.send_file(&path)),
+        wait_for(&bob, 30, "file at bob", |ev| match ev {
+            RoomEvent::FileReceived { file, .. } => Some(file),
+            _ => None,
+        }),
+    );
+    let deliveries = deliveries.expect("send_file timed out").expect("send_file");
+    assert!(deliveries[0].ok, "{:?}", deliveries[0]);
+    assert_eq!(received.data, data);
+    let pushes = metric(&server.http, "signal_ice_refreshes_total").await;
+    let expired = metric_with(
+        &server.http,
+        "turn_auth_failures_total",
+        "expired_credentials",
+    )
+    .await;
+    eprintln!("chat received {got}/{secs}; ice_servers pushes {pushes}; expired-credential refusals {expired}");
+    // Every 8 s (80 % of 10 s) to each of the two participants.
+    assert!(
+        pushes >= 6.0,
+        "only {pushes} ice_servers pushes in {secs} s"
+    );
+    assert_eq!(
+        expired, 0.0,
+        "a TURN request went out with expired credentials"
+    );
+    assert!(
+        got + 1 >= secs,
+        "only {got} of {secs} chat messages arrived within a second"
+    );
+    alice.leave().await;
+    bob.leave().await;
+    srv.proc.kill().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The control of the test above: the same 5 s credentials, but fixed (an override ignores the server's
+/// renewals) — the first refresh after they expire is refused and the relayed call dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_call_dies_when_its_turn_credentials_expire_without_renewal() {
+    let mut srv = start_server(true).await;
+    let server = ServerUrl::parse(&srv.url).expect("url");
+    let udp = srv.turn_udp.clone().expect("turn-udp listener");
+    let (username, credential) = rest_credentials_for(SECRET, "short", 5);
+    let ice = vec![IceServer {
+        urls: vec![format!("turn:{udp}?transport=udp")],
+        username: Some(username),
+        credential: Some(credential),
+    }];
+    let (alice, bob) = short_credentials_call(&server, "no-renew", Some(ice)).await;
+    let early = chat_every_second(&alice, &bob, "early", 2).await;
+    assert_eq!(early, 2, "the relay did not work to begin with");
+    // Past the expiry and a refresh period or two.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let late = chat_every_second(&alice, &bob, "late", 5).await;
+    let expired = metric_with(
+        &server.http,
+        "turn_auth_failures_total",
+        "expired_credentials",
+    )
+    .await;
+    assert!(expired > 0.0, "no refresh was refused as expired");
+    assert_eq!(late, 0, "chat still relayed with expired credentials");
+    alice.leave().await;
+    bob.leave().await;
+    srv.proc.kill().await.ok();
 }

@@ -132,6 +132,8 @@ pub struct Hub {
     state: Mutex<State>,
     config: HubConfig,
     ice: IceServerSource,
+    /// Push fresh ICE servers (`ice_servers`) to each connected participant this often.
+    ice_refresh: OnceLock<Duration>,
     media: OnceLock<Arc<dyn MediaServer>>,
     this: OnceLock<std::sync::Weak<Hub>>,
 }
@@ -141,6 +143,8 @@ pub struct Hub {
 struct After {
     media_joins: Vec<(String, String, Permissions)>,
     media_leaves: Vec<(String, String)>,
+    /// A new participant was seated (not a resume).
+    fresh_join: bool,
 }
 
 fn room_info(name: &str, room: &Room) -> RoomInfo {
@@ -157,11 +161,52 @@ impl Hub {
             state: Mutex::new(State::default()),
             config,
             ice,
+            ice_refresh: OnceLock::new(),
             media: OnceLock::new(),
             this: OnceLock::new(),
         });
         let _ = hub.this.set(Arc::downgrade(&hub));
         hub
+    }
+
+    /// Push fresh ICE servers to every participant each `every` (at least 1 s), so time-limited TURN
+    /// credentials are renewed before they expire (set it below their lifetime, e.g. 80 %). Set once; later
+    /// calls are ignored. Without it, credentials are only renewed in `joined` (join and resume).
+    pub fn set_ice_refresh(&self, every: Duration) {
+        let _ = self.ice_refresh.set(every.max(Duration::from_secs(1)));
+    }
+
+    /// Pushes `ice_servers` to participant `id` of `room` every `ice_refresh` while it is in the room (while
+    /// its socket is down nothing is sent: the `joined` of its resume brings fresh ones).
+    fn start_ice_refresh(&self, room: &str, id: &str) {
+        let Some(&every) = self.ice_refresh.get() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = self.this.get().cloned().unwrap_or_default();
+        let (room, id) = (room.to_owned(), id.to_owned());
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(hub) = weak.upgrade() else { return };
+                let conn = {
+                    let st = hub.lock();
+                    match st.rooms.get(&room).and_then(|r| r.participants.get(&id)) {
+                        Some(p) => p.conn.clone(),
+                        None => return, // left
+                    }
+                };
+                if let Some(c) = conn {
+                    let msg = ServerMessage::IceServers {
+                        ice_servers: (hub.ice)(&id),
+                    };
+                    c.push(Outbound::Text(msg.to_text().into()));
+                    metrics::counter!("signal_ice_refreshes_total").increment(1);
+                }
+            }
+        });
     }
 
     /// Attach the media server of `sfu` rooms (once; later calls are ignored).
@@ -265,7 +310,12 @@ impl Hub {
     ) -> Result<Seat, ProtocolError> {
         let mut after = After::default();
         let res = self.join_locked(claims, resume_token, metadata, outbox, &mut after);
+        let fresh = after.fresh_join;
         self.run_after(after);
+        if let (Ok(seat), true) = (&res, fresh) {
+            // One renewal loop per participant; a resume keeps it.
+            self.start_ice_refresh(&seat.room, &seat.id);
+        }
         res
     }
 
@@ -404,6 +454,7 @@ impl Hub {
                 .push((room_name.clone(), id.clone(), permissions));
         }
         st.resume.insert(resume, (room_name.clone(), id.clone()));
+        after.fresh_join = true;
         Self::update_gauges(&st);
         metrics::counter!("signal_joins_total", "resumed" => "false").increment(1);
         tracing::info!(room = %room_name, participant = %id, identity = %claims.sub, "participant joined");
@@ -675,6 +726,50 @@ mod tests {
         assert_eq!(
             h.relay(&sa, &sa.id, &msg).unwrap_err().code,
             ErrorCode::UnknownParticipant
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_ice_servers_are_pushed_every_refresh_period_until_the_participant_leaves() {
+        let minted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let m = minted.clone();
+        let h = Hub::new(
+            HubConfig::default(),
+            Arc::new(move |id: &str| {
+                let n = m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                vec![IceServer {
+                    urls: vec!["turn:127.0.0.1:3478".into()],
+                    username: Some(format!("{n}:{id}")),
+                    credential: Some("c".into()),
+                }]
+            }),
+        );
+        h.set_ice_refresh(Duration::from_secs(8));
+        let (a, mut ra, _) = Outbox::new(1, 16);
+        let sa = h.join(&claims("alice", "r"), None, None, a).unwrap();
+        let joined = drain(&mut ra);
+        assert_eq!(
+            joined[0]["ice_servers"][0]["username"],
+            format!("0:{}", sa.id)
+        );
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(drain(&mut ra).is_empty(), "pushed before the period");
+        for n in 1..=3 {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            let got = drain(&mut ra);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0]["type"], "ice_servers");
+            assert_eq!(
+                got[0]["ice_servers"][0]["username"],
+                format!("{n}:{}", sa.id)
+            );
+        }
+        h.leave(&sa, "left");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(
+            minted.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "minted after leaving"
         );
     }
 

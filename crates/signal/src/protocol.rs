@@ -341,6 +341,8 @@ pub enum ServerMessage {
     Candidate { from: String, candidate: Value },
     /// Answer to `ping`.
     Pong { ts: Value },
+    /// Fresh ICE servers (new time-limited TURN credentials), pushed before the ones in `joined` expire.
+    IceServers { ice_servers: Vec<IceServer> },
     /// An error.
     Error { code: ErrorCode, message: String },
 }
@@ -442,6 +444,18 @@ mod tests {
         assert_eq!(
             t,
             r#"{"type":"participant_left","id":"p_1","reason":"timeout"}"#
+        );
+        let t = ServerMessage::IceServers {
+            ice_servers: vec![IceServer {
+                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                username: Some("1700000000:p_1".into()),
+                credential: Some("c".into()),
+            }],
+        }
+        .to_text();
+        assert_eq!(
+            t,
+            r#"{"type":"ice_servers","ice_servers":[{"urls":["turn:127.0.0.1:3478?transport=udp"],"username":"1700000000:p_1","credential":"c"}]}"#
         );
         let e = ServerMessage::error(&ProtocolError::new(ErrorCode::RoomFull, "full")).to_text();
         assert_eq!(e, r#"{"type":"error","code":"room_full","message":"full"}"#);

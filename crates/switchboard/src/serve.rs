@@ -181,6 +181,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let keys = keyset(&config);
     let signal = Signal::new(config.signal_config(), keys.clone(), ice);
+    if turn_server.is_some() {
+        // TURN credentials expire after `ttl`: push fresh ones at 80 % of it (`ice_servers` message).
+        signal.hub().set_ice_refresh(ttl * 4 / 5);
+    }
     let state = AppState {
         keys: keys.clone(),
         metrics,
