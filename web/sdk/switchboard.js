@@ -50,6 +50,18 @@ const SIMULCAST_LAYERS = [
   { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
   { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
 ];
+
+/**
+ * The simulcast layers for a video track of this size, or null for none. Chromium sends at most 3 layers from
+ * 960x540 up, 2 from 640x360 and 1 below (it disables the extra, top ones): ask for what it will send, so the
+ * full-resolution layer is never the one dropped.
+ */
+function simulcastLayersFor(track) {
+  const { width = 0, height = 0 } = track.getSettings ? track.getSettings() : {};
+  const small = Math.min(width, height) || height;
+  const n = small >= 540 ? 3 : small >= 360 ? 2 : 1;
+  return n > 1 ? SIMULCAST_LAYERS.slice(3 - n).map((l) => ({ ...l })) : null;
+}
 /** SFU rooms: bytes a file sender may be ahead of its slowest receiver's `got` report. */
 const FILE_WINDOW = 4 * 1024 * 1024;
 /** SFU rooms: a file receiver reports its progress to the sender every this many bytes. */
@@ -820,8 +832,10 @@ class SfuPeer extends Peer {
   addTrack(track, stream) {
     if (this.senders.has(track) || this.closed) return;
     const init = { direction: 'sendonly', streams: [stream] };
-    // Simulcast: three VP8 layers; the SFU forwards one per subscriber (see setSubscribeQuality).
-    if (track.kind === 'video' && this.room.options.simulcast !== false) init.sendEncodings = SIMULCAST_LAYERS.map((l) => ({ ...l }));
+    // Simulcast: up to three VP8 layers (by the track's size); the SFU forwards one per subscriber (see
+    // setSubscribeQuality).
+    const layers = track.kind === 'video' && this.room.options.simulcast !== false ? simulcastLayersFor(track) : null;
+    if (layers) init.sendEncodings = layers;
     const tr = this.pc.addTransceiver(track, init);
     this.senders.set(track, tr.sender);
   }

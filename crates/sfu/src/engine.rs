@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use signal::protocol::Permissions;
 use signal::{MediaSignal, MediaSink};
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
@@ -20,7 +20,7 @@ use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::data::{self, DataOut, Sent};
-use crate::simulcast::{self, Admit, LayerState, Layers};
+use crate::simulcast::{self, Admit, LayerState, Layers, LossEstimator};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -215,9 +215,18 @@ struct Client {
     out_seq: u32,
     timeout: Instant,
     stats_in: HashMap<(Mid, Option<Rid>), u64>,
-    stats_out: HashMap<(Mid, Option<Rid>), u64>,
+    /// Per sent stream: packets and bytes reported so far.
+    stats_out: HashMap<(Mid, Option<Rid>), (u64, u64)>,
+    /// Media bytes sent in total, and the worst video loss reported since the last peer stats.
+    bytes_out: u64,
+    egress_loss: Option<f32>,
     queued: bool,
-    /// The latest estimate of the bandwidth towards this client (bit/s), TWCC or REMB.
+    /// Downlink adaptation on (`sfu.bandwidth-estimation`, subscribers only).
+    adapt: bool,
+    /// Loss-based estimate of the downlink, and the browser's REMB if it sends one.
+    loss_bwe: LossEstimator,
+    remb: Option<u64>,
+    /// The estimate in force (bit/s): the lower of the two.
     bwe: Option<u64>,
 }
 
@@ -421,18 +430,22 @@ impl Client {
                     props.push_back(Prop::Data(self.id, i, d.binary, d.data));
                 }
             }
-            Event::EgressBitrateEstimate(
-                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
-            ) => {
-                let bps = estimate.as_u64();
-                if self.bwe != Some(bps) {
-                    trace!(participant = %self.participant, bps, "bandwidth estimate");
-                    self.bwe = Some(bps);
-                    props.push_back(Prop::Estimate(self.id));
-                }
+            Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) if self.adapt => {
+                self.remb = Some(estimate.as_u64());
+                self.update_estimate(props);
             }
-            Event::PeerStats(st) => {
-                trace!(participant = %self.participant, bwe = ?st.bwe_tx, loss = ?st.egress_loss_fraction, tx = st.bytes_tx, rtt = ?st.rtt, "peer stats");
+            Event::PeerStats(_) => {
+                // Once a second (after the per-stream stats): media bytes sent and the worst reported loss.
+                let loss = self.egress_loss.take();
+                trace!(participant = %self.participant, bytes_out = self.bytes_out, ?loss, "downlink report");
+                if self.adapt
+                    && self
+                        .loss_bwe
+                        .report(Instant::now(), self.bytes_out, loss)
+                        .is_some()
+                {
+                    self.update_estimate(props);
+                }
             }
             Event::ChannelOpen(id, label) => {
                 debug!(participant = %self.participant, %label, ?id, "data channel open");
@@ -446,15 +459,33 @@ impl Client {
                     .increment(delta);
             }
             Event::MediaEgressStats(s) => {
-                trace!(participant = %self.participant, mid = %s.mid, loss = ?s.loss, rtt = ?s.rtt, "egress stats");
-                let last = self.stats_out.entry((s.mid, s.rid)).or_insert(0);
-                let delta = s.packets.saturating_sub(*last);
-                *last = s.packets;
+                trace!(participant = %self.participant, mid = %s.mid, loss = ?s.loss, rtt = ?s.rtt, bytes = s.bytes, "egress stats");
+                let last = self.stats_out.entry((s.mid, s.rid)).or_insert((0, 0));
+                let delta = s.packets.saturating_sub(last.0);
+                self.bytes_out += s.bytes.saturating_sub(last.1);
+                *last = (s.packets, s.bytes);
                 let kind = self.rtc.media(s.mid).map(|m| m.kind());
+                if let (Some(MediaKind::Video), Some(loss)) = (kind, s.loss) {
+                    // Fraction lost from the subscriber's receiver reports (RTCP RR), per video stream.
+                    self.egress_loss = Some(self.egress_loss.map_or(loss, |l| l.max(loss)));
+                }
                 metrics::counter!("sfu_rtp_packets_out_total", "kind" => kind_label(kind))
                     .increment(delta);
             }
             _ => {}
+        }
+    }
+
+    /// The downlink estimate in force changed: the engine re-caps this client's layers.
+    fn update_estimate(&mut self, props: &mut VecDeque<Prop>) {
+        let bwe = match (self.loss_bwe.estimate(), self.remb) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if bwe != self.bwe {
+            debug!(participant = %self.participant, bps = ?bwe, "downlink estimate");
+            self.bwe = bwe;
+            props.push_back(Prop::Estimate(self.id));
         }
     }
 
@@ -575,7 +606,7 @@ pub(crate) struct Engine {
     /// for all sessions, as other SFUs do; its fingerprint is in every answer.
     dtls_cert: Option<DtlsCert>,
     /// `[sfu]` settings.
-    bwe_initial: Option<Bitrate>,
+    bandwidth_estimation: bool,
     drop_silent_audio_above: usize,
     media_timeout: Duration,
     /// (track index, new cap) while re-capping one subscriber.
@@ -624,9 +655,7 @@ impl Engine {
             dtls_cert: str0m::crypto::from_feature_flags()
                 .dtls_provider
                 .generate_certificate(),
-            bwe_initial: config
-                .bandwidth_estimation
-                .then(|| Bitrate::kbps(config.initial_bitrate_kbps)),
+            bandwidth_estimation: config.bandwidth_estimation,
             drop_silent_audio_above: config.drop_silent_audio_above,
             media_timeout: Duration::from_secs(config.media_timeout_secs),
             caps: Vec::new(),
@@ -765,7 +794,13 @@ impl Engine {
         );
         for &id in &due {
             if let Some(c) = self.clients.get_mut(&id) {
-                if c.rtc.is_alive() && c.down_since.is_some_and(|t| now >= t + self.media_timeout) {
+                // Participants: once their media path was up (a slow first connection is not a dead one; their
+                // signaling socket says whether they are still there). WHIP/WHEP sessions: also never up.
+                let counts = c.dtls_up || !matches!(c.role, Role::Participant(_));
+                if counts
+                    && c.rtc.is_alive()
+                    && c.down_since.is_some_and(|t| now >= t + self.media_timeout)
+                {
                     info!(room = %c.room, participant = %c.participant, timeout_secs = self.media_timeout.as_secs(), "media path down: removed from the SFU");
                     metrics::counter!("sfu_media_timeouts_total").increment(1);
                     c.rtc.disconnect();
@@ -1202,9 +1237,8 @@ impl Engine {
         self.scratch = members;
     }
 
-    /// Caps the simulcast layers a client receives by its bandwidth estimate: the video share of the estimate
+    /// Caps the simulcast layers a client receives by its downlink estimate: the video share of the estimate
     /// is split evenly between its video tracks, each gets the best layer that fits (see [`simulcast::fit`]).
-    /// BWE is told the bitrate of the wanted layers as its goal, so it probes for room to move up.
     fn allocate(&mut self, sid: ClientId) {
         let Some(s) = self.clients.get(&sid) else {
             return;
@@ -1219,8 +1253,8 @@ impl Engine {
             return;
         }
         let budget = estimate * VIDEO_SHARE_PERCENT / 100 / n;
+        trace!(participant = %s.participant, estimate, budget, tracks = n, "allocating");
         self.caps.clear();
-        let (mut floor, mut goal) = (0u64, 0u64);
         for (i, t) in s.tracks_out.iter().enumerate() {
             if !video(&t) {
                 continue;
@@ -1238,15 +1272,6 @@ impl Engine {
                 continue;
             }
             let cap = simulcast::fit(layers, t.layers.want, budget, t.layers.cap, now);
-            let rate = |r: usize| layers.bitrate(r, now).unwrap_or(0);
-            floor += (cap + 1..=t.layers.want.min(simulcast::RANKS - 1))
-                .map(rate)
-                .find(|b| *b > 0)
-                .unwrap_or_else(|| rate(cap));
-            goal += (0..=t.layers.want.min(simulcast::RANKS - 1))
-                .map(rate)
-                .max()
-                .unwrap_or(0);
             if cap != t.layers.cap {
                 self.caps.push((i, cap));
             }
@@ -1260,11 +1285,6 @@ impl Engine {
                 metrics::counter!("sfu_bandwidth_layer_changes_total").increment(1);
                 t.layers.cap = cap;
             }
-        }
-        if goal > 0 {
-            s.rtc
-                .bwe()
-                .set_bitrate(Bitrate::bps(floor.min(goal)), Bitrate::bps(goal));
         }
         self.mark(sid);
     }
@@ -1340,11 +1360,6 @@ impl Engine {
                 pass: signal::random_hex(16),
             })
             .set_stats_interval(Some(Duration::from_secs(1)))
-            .enable_bwe(if can_subscribe || matches!(role, Role::Whep) {
-                self.bwe_initial
-            } else {
-                None
-            })
             .build(now);
         for c in &self.candidates {
             rtc.add_local_candidate(c.clone());
@@ -1354,6 +1369,7 @@ impl Engine {
         } else {
             DataOut::default()
         };
+        let adapt = self.bandwidth_estimation && (can_subscribe || matches!(role, Role::Whep));
         let id = self.next_id;
         self.next_id += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -1387,7 +1403,12 @@ impl Engine {
             timeout: now,
             stats_in: HashMap::new(),
             stats_out: HashMap::new(),
+            bytes_out: 0,
+            egress_loss: None,
             queued: false,
+            adapt,
+            loss_bwe: LossEstimator::default(),
+            remb: None,
             bwe: None,
         };
         // Subscribe to what the room already publishes.

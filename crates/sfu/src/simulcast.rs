@@ -10,8 +10,9 @@
 //! wall-clock time in between.
 //!
 //! Bandwidth: the SFU measures each layer's bitrate ([`Layers::bitrate`]) and caps what a subscriber gets by
-//! its bandwidth estimate (TWCC or REMB, see [`fit`]): the forwarded rank is the lower of the wanted quality
-//! and that cap ([`LayerState::target`]).
+//! an estimate of its downlink ([`LossEstimator`], from the loss in its receiver reports, bounded by REMB when the browser
+//! sends it; see [`fit`]): the forwarded rank is the lower of the wanted quality and that cap
+//! ([`LayerState::target`]).
 
 use std::time::{Duration, Instant};
 
@@ -144,6 +145,92 @@ pub(crate) fn fit(
         }
     }
     0
+}
+
+/// Loss above this (fraction of packets, from RTCP receiver reports) means the downlink is overloaded.
+const LOSS_HIGH: f32 = 0.10;
+/// Loss below this means there may be room for more.
+const LOSS_LOW: f32 = 0.02;
+/// Growth of the estimate per loss-free report (percent).
+const GROWTH_PERCENT: u64 = 15;
+/// After an overload, the estimate does not grow for this long (doubling on each overload, up to the max).
+const HOLD_MIN: Duration = Duration::from_secs(5);
+const HOLD_MAX: Duration = Duration::from_secs(60);
+/// The estimate never grows beyond this (bit/s).
+const MAX_ESTIMATE: u64 = 1_000_000_000;
+/// Loss-free this long resets the hold to its minimum.
+const CALM: Duration = Duration::from_secs(30);
+
+/// A loss-based estimate of a subscriber's downlink, fed once a second with the bytes sent to it and the loss
+/// it reports (RTCP receiver reports). No estimate (no cap) until the first overload; then it follows what the link
+/// delivered, and grows again by [`GROWTH_PERCENT`] per loss-free second after a hold, so a lifted limit is
+/// found by trying the next layer (each failed try doubles the hold).
+pub(crate) struct LossEstimator {
+    estimate: Option<u64>,
+    last: Option<(u64, Instant)>,
+    hold_until: Option<Instant>,
+    hold: Duration,
+    calm_since: Option<Instant>,
+    /// The estimate grew since the last overload (a try that may have been too much).
+    tried: bool,
+}
+
+impl Default for LossEstimator {
+    fn default() -> Self {
+        LossEstimator {
+            estimate: None,
+            last: None,
+            hold_until: None,
+            hold: HOLD_MIN,
+            calm_since: None,
+            tried: false,
+        }
+    }
+}
+
+impl LossEstimator {
+    /// The current estimate (bit/s); `None`: no limit seen.
+    pub fn estimate(&self) -> Option<u64> {
+        self.estimate
+    }
+
+    /// A stats report: `bytes_sent` in total so far, `loss` over the last second. Returns the new estimate when it
+    /// changed.
+    pub fn report(&mut self, now: Instant, bytes_sent: u64, loss: Option<f32>) -> Option<u64> {
+        let (last_bytes, last_at) = self.last.replace((bytes_sent, now))?;
+        let ms = now.saturating_duration_since(last_at).as_millis() as u64;
+        if ms < 200 {
+            self.last = Some((last_bytes, last_at));
+            return None;
+        }
+        let sent_bps = bytes_sent.saturating_sub(last_bytes) * 8 * 1000 / ms;
+        let loss = loss?;
+        let before = self.estimate;
+        if loss > LOSS_HIGH {
+            let delivered = (sent_bps as f64 * (1.0 - f64::from(loss) * 0.5)) as u64;
+            self.estimate = Some(delivered.max(30_000));
+            if self.tried {
+                // Overloaded again after growing: the last try was too much, wait longer before the next.
+                self.hold = (self.hold * 2).min(HOLD_MAX);
+                self.tried = false;
+            }
+            self.hold_until = Some(now + self.hold);
+            self.calm_since = None;
+        } else if loss < LOSS_LOW {
+            let calm = *self.calm_since.get_or_insert(now);
+            if now.saturating_duration_since(calm) >= CALM {
+                self.hold = HOLD_MIN;
+            }
+            if let Some(e) = self.estimate {
+                if self.hold_until.is_none_or(|t| now >= t) {
+                    self.estimate =
+                        Some((e.max(sent_bps) * (100 + GROWTH_PERCENT) / 100).min(MAX_ESTIMATE));
+                    self.tried = true;
+                }
+            }
+        }
+        (self.estimate != before).then_some(self.estimate).flatten()
+    }
 }
 
 /// What to do with a frame for one subscriber.
@@ -321,5 +408,53 @@ mod tests {
         st.cap = 2;
         st.want = 1;
         assert_eq!(st.target(), 1);
+    }
+
+    #[test]
+    fn loss_estimator_follows_an_overloaded_link_and_probes_back_up() {
+        let t0 = Instant::now();
+        let mut e = LossEstimator::default();
+        let mut sent = 0u64;
+        let mut t = t0;
+        let mut step = |e: &mut LossEstimator, bps: u64, loss: f32, t: &mut Instant| {
+            *t += Duration::from_secs(1);
+            sent += bps / 8;
+            e.report(*t, sent, Some(loss))
+        };
+        assert_eq!(
+            e.report(t, 0, Some(0.0)),
+            None,
+            "the first report only starts the count"
+        );
+        assert_eq!(
+            step(&mut e, 1_500_000, 0.0, &mut t),
+            None,
+            "no loss: no estimate, no cap"
+        );
+        assert_eq!(e.estimate(), None);
+        // 1.5 Mbit/s into a link that loses 60 %: the estimate is what got through, roughly.
+        let est = step(&mut e, 1_500_000, 0.6, &mut t).expect("an estimate after loss");
+        assert!((900_000..=1_100_000).contains(&est), "estimate {est}");
+        // Held for 5 s after the overload, then growing 15 % per loss-free second.
+        for _ in 0..4 {
+            assert_eq!(step(&mut e, 300_000, 0.0, &mut t), None, "held");
+        }
+        let mut grown = est;
+        for _ in 0..5 {
+            if let Some(x) = step(&mut e, 300_000, 0.0, &mut t) {
+                assert!(x > grown);
+                grown = x;
+            }
+        }
+        assert!(grown > est * 3 / 2, "grew from {est} to {grown}");
+        // Overloaded right after growing: the hold doubles.
+        step(&mut e, 1_500_000, 0.5, &mut t).expect("down again");
+        assert_eq!(e.hold, Duration::from_secs(10));
+        // Moderate loss (between 2 and 10 %) holds the estimate.
+        let held = e.estimate();
+        for _ in 0..15 {
+            step(&mut e, 500_000, 0.05, &mut t);
+        }
+        assert_eq!(e.estimate(), held);
     }
 }

@@ -1,0 +1,130 @@
+// The SFU adapts to a subscriber's real downlink: Alice (behind NAT A) publishes simulcast (two layers from her
+// 640x480 camera) into an `sfu` room; Bob's downlink (behind NAT B) is throttled with tc (tbf) on his router to
+// between the two layers' bitrates. Bob's receiver reports loss, the SFU's estimate for him falls and it forwards
+// him the lower layer; when the limit is lifted, the estimate grows back (the SFU tries the full layer again)
+// and he gets the full layer. Frames keep decoding throughout (no long stall of Bob's decoder).
+//
+// Run: sudo node --test --test-concurrency=1 tests/netlab/sfu.test.mjs   (see docs/nat-traversal.md)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { SERVER_IP, sleep, until } from './lib/lab.mjs';
+import { withLab, skipReason } from './lib/scenario.mjs';
+
+const SFU_ENV = {
+  SWITCHBOARD_ROOMS_DEFAULT_MODE: 'sfu',
+  SWITCHBOARD_SFU_LISTEN_IP: SERVER_IP,
+  SWITCHBOARD_SFU_UDP_PORT: '0',
+};
+
+/** Bob's decoded video from `pubId`: {frames, width}. */
+async function video(page, pubId) {
+  return page.evaluate(async (id) => {
+    const s = (await window.switchboardApp.room.getStats())[id];
+    return { frames: s?.video.framesDecoded ?? 0, width: s?.video.frameWidth ?? 0 };
+  }, pubId);
+}
+
+test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full one once the limit is lifted, frames decoding throughout', { skip: skipReason || false, timeout: 180000 }, async (t) => {
+  await withLab(t, 'sfu-bwe', { a: { nat: 'eim' }, b: { nat: 'eim' }, turn: false, env: SFU_ENV }, async ({ lab }) => {
+    const alice = await lab.join('a', 'bwe-room', 'Alice');
+    const bob = await lab.join('b', 'bwe-room', 'Bob');
+    const layers = () => alice.page.evaluate(() => window.switchboardApp.room.sfu.pc.getSenders()
+      .filter((s) => s.track?.kind === 'video').map((s) => s.getParameters().encodings.map((e) => e.rid)).flat());
+    assert.deepEqual(await layers(), ['h', 'f'], 'Alice publishes simulcast: two layers from a 640x480 camera');
+    // Keep the layers' sizes fixed (a CPU-starved encoder would otherwise shrink them, which looks like a switch).
+    await alice.page.evaluate(async () => {
+      for (const sender of window.switchboardApp.room.sfu.pc.getSenders().filter((x) => x.track?.kind === 'video')) {
+        const p = sender.getParameters();
+        p.degradationPreference = 'maintain-resolution';
+        await sender.setParameters(p);
+      }
+    });
+    let last = null;
+    const full = await until(async () => {
+      last = await video(bob.page, alice.id);
+      return last.width >= 600 && last;
+    }, { timeout: 45000, interval: 500, what: 'Bob decoding Alice at full size (unthrottled)' }).catch((err) => {
+      throw new Error(`${err.message}: Bob's video from Alice ${JSON.stringify(last)}\nserver log:\n${lab.server.log.slice(-40).join('\n')}`);
+    });
+    // The limit: between the two layers' bitrates as Alice sends them now (they depend on the machine).
+    const sent = () => alice.page.evaluate(async () => {
+      const r = {};
+      (await window.switchboardApp.room.sfu.pc.getStats()).forEach((s) => {
+        if (s.type === 'outbound-rtp' && s.kind === 'video') r[s.rid] = s.bytesSent;
+      });
+      return r;
+    });
+    // Alice's encoder ramps up with her uplink estimate: wait until the full layer is well above the half one.
+    let hKbps = 0;
+    let fKbps = 0;
+    await until(async () => {
+      const s0 = await sent();
+      await sleep(2000);
+      const s1 = await sent();
+      const rate = (rid) => Math.round(((s1[rid] ?? 0) - (s0[rid] ?? 0)) * 8 / 2 / 1000);
+      [hKbps, fKbps] = [rate('h'), rate('f')];
+      return fKbps > 1.5 * hKbps && fKbps > 300;
+    }, { timeout: 40000, interval: 0, what: 'Alice\'s full layer well above her half one' }).catch((err) => {
+      throw new Error(`${err.message}: h ${hKbps} kbit/s, f ${fKbps} kbit/s`);
+    });
+    const limit = process.env.NETLAB_SFU_LIMIT || `${Math.round((hKbps + fKbps) / 2 + 60)}kbit`;
+    lab.note(`Alice sends h at ${hKbps} kbit/s, f at ${fKbps} kbit/s: Bob's downlink limit ${limit}`);
+    lab.note(`unthrottled: Bob (${bob.id}) decodes Alice (${alice.id}) at width ${full.width}`);
+
+    // Sample Bob's decoding every 250 ms through throttling and release.
+    const samples = [];
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        samples.push({ t: Date.now(), ...(await video(bob.page, alice.id)) });
+        await sleep(250);
+      }
+    })();
+    try {
+      lab.shape('b', limit);
+      const t0 = Date.now();
+      lab.note(`${new Date(t0).toISOString().slice(11, 23)} Bob's downlink limited to ${limit}`);
+      const low = await until(async () => {
+        const v = await video(bob.page, alice.id);
+        return v.width > 0 && v.width <= full.width / 2 && v;
+      }, { timeout: 30000, interval: 250, what: `a lower layer for Bob at ${limit}` });
+      lab.note(`downlink ${limit}: Bob switched to width ${low.width} after ${Date.now() - t0} ms`);
+      const before = low.frames;
+      await sleep(4000);
+      const held = await video(bob.page, alice.id);
+      lab.note(`at ${limit}: ${held.frames - before} frames in 4 s at width ${held.width}`);
+      assert.ok(held.frames - before >= 20, `Bob keeps decoding at ${limit} (${held.frames - before} frames in 4 s)`);
+      assert.ok(held.width <= full.width / 2, `Bob stays on a lower layer while throttled (width ${held.width})`);
+
+      lab.shape('b', 'off');
+      const t1 = Date.now();
+      lab.note(`${new Date(t1).toISOString().slice(11, 23)} limit lifted`);
+      const back = await until(async () => {
+        const v = await video(bob.page, alice.id);
+        return v.width >= full.width && v;
+      }, { timeout: 60000, interval: 250, what: 'the full layer for Bob after the limit is lifted' });
+      lab.note(`limit lifted: Bob back at width ${back.width} after ${Date.now() - t1} ms`);
+      await sleep(2000);
+    } finally {
+      sampling = false;
+      await sampler;
+      lab.shape('b', 'off');
+    }
+    // Decoding never stopped for long: the SFU switches layers on keyframes, with continuous timestamps.
+    let worst = 0;
+    let since = samples[0].t;
+    for (let i = 1; i < samples.length; i++) {
+      if (samples[i].frames > samples[i - 1].frames) since = samples[i].t;
+      worst = Math.max(worst, samples[i].t - since);
+    }
+    for (const l of lab.server.log.filter((x) => /downlink estimate|bandwidth caps|allocating/.test(x))) lab.note(`server: ${l.slice(11, 23)} ${l.replace(/^.*sfu::engine: /, '')}`);
+    const widths = [...new Set(samples.map((s) => s.width))];
+    lab.note(`${samples.length} samples, widths ${widths.join(', ')}, frames ${samples[0].frames} → ${samples.at(-1).frames}, longest stall ${worst} ms`);
+    // The one stall: from the limit until the SFU notices the loss (receiver reports come once a second) and the
+    // lower layer's keyframe arrives.
+    assert.ok(worst < 5000, `no decoding stall over 5 s (longest ${worst} ms)`);
+    const changes = Number((lab.httpGet('/metrics') || '').match(/^sfu_bandwidth_layer_changes_total (\S+)/m)?.[1] ?? 0);
+    lab.note(`sfu_bandwidth_layer_changes_total ${changes}`);
+    assert.ok(changes >= 2, `the SFU changed Bob's layer by bandwidth, down and up (${changes})`);
+  });
+});
