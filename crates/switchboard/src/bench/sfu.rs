@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use peer::{PeerSpec, Shared, SigIn, SigOut, PHASE_STOP};
@@ -74,8 +74,8 @@ pub struct SfuBenchArgs {
     /// Seconds allowed for every participant to connect and receive media before the window starts.
     #[arg(long, default_value_t = 90)]
     setup_timeout: u64,
-    /// Participants joining at the same time.
-    #[arg(long, default_value_t = 16)]
+    /// Participants negotiating with the server at the same time (a slot is held until connected).
+    #[arg(long, default_value_t = 48)]
     join_concurrency: usize,
     /// Allow a server that is not on loopback (a lab network).
     #[arg(long)]
@@ -146,20 +146,30 @@ struct Running {
     signaling: Vec<JoinHandle<()>>,
 }
 
-fn spawn_peer(
-    spec: PeerSpec,
-    shared: &Arc<Shared>,
-    running: &mut Running,
-) -> (
+type PeerChannels = (
     mpsc::UnboundedSender<SigIn>,
     mpsc::UnboundedReceiver<SigOut>,
-) {
+    oneshot::Receiver<()>,
+);
+
+fn spawn_peer(spec: PeerSpec, shared: &Arc<Shared>, running: &mut Running) -> PeerChannels {
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    running
-        .peers
-        .push(tokio::spawn(peer::run(spec, shared.clone(), in_rx, out_tx)));
-    (in_tx, out_rx)
+    let (conn_tx, conn_rx) = oneshot::channel();
+    running.peers.push(tokio::spawn(peer::run(
+        spec,
+        shared.clone(),
+        in_rx,
+        out_tx,
+        conn_tx,
+    )));
+    (in_tx, out_rx, conn_rx)
+}
+
+/// Holds a join slot until the participant is connected (or for at most 30 s): the server negotiates at most
+/// `--join-concurrency` participants at a time, as a real crowd trickling in would make it.
+async fn until_connected(conn: oneshot::Receiver<()>) {
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
 }
 
 async fn wait_until(
@@ -227,7 +237,7 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
             let server = client::ServerUrl::parse(&args.url)?;
             let mut joins = Vec::new();
             for i in 0..p {
-                let (tx, rx) = spawn_peer(spec(Some(i as u32)), &shared, &mut running);
+                let (tx, rx, _) = spawn_peer(spec(Some(i as u32)), &shared, &mut running);
                 let (server, room) = (server.clone(), room.clone());
                 joins.push(tokio::spawn(async move {
                     switchboard::join(&server, &room, &format!("pub{i}"), tx, rx).await
@@ -239,7 +249,7 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         }
         Some((j, id)) => {
             for i in 0..p {
-                let (tx, rx) = spawn_peer(spec(Some(i as u32)), &shared, &mut running);
+                let (tx, rx, _) = spawn_peer(spec(Some(i as u32)), &shared, &mut running);
                 feeds.push(
                     janus::publish(j, *id, &format!("pub{i}"), args.audio, tx, rx)
                         .await
@@ -266,13 +276,16 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
     }
     let count = if janus.is_some() { subs.len() } else { n };
     for (k, sub_feeds) in subs.into_iter().enumerate().take(count) {
-        let (tx, rx) = spawn_peer(spec(None), &shared, &mut running);
+        let (tx, rx, conn) = spawn_peer(spec(None), &shared, &mut running);
         let permit = sem.clone().acquire_owned().await?;
         match &janus {
             None => {
                 let (server, room) = (server.clone(), room.clone());
                 joins.push(tokio::spawn(async move {
                     let r = switchboard::join(&server, &room, &format!("sub{k}"), tx, rx).await;
+                    if r.is_ok() {
+                        until_connected(conn).await;
+                    }
                     drop(permit);
                     r.map(Some)
                 }));
@@ -281,6 +294,9 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
                 let (j, id) = (j.clone(), *id);
                 joins.push(tokio::spawn(async move {
                     let r = janus::subscribe(&j, id, &sub_feeds, tx, rx).await;
+                    if r.is_ok() {
+                        until_connected(conn).await;
+                    }
                     drop(permit);
                     r.map(|_| None)
                 }));

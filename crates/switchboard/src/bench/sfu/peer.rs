@@ -18,7 +18,7 @@ use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::stamp::{self, Stamp};
 use super::stats::PeerReport;
@@ -121,6 +121,8 @@ struct Peer {
     /// RTP packets transmitted while this is set belong to a frame inside the window.
     count_rtp: bool,
     report: PeerReport,
+    /// Fired once ICE+DTLS is up.
+    on_connected: Option<oneshot::Sender<()>>,
 }
 
 /// Runs one participant until the run's phase is [`PHASE_STOP`].
@@ -129,6 +131,7 @@ pub async fn run(
     shared: Arc<Shared>,
     mut sig_in: mpsc::UnboundedReceiver<SigIn>,
     sig_out: mpsc::UnboundedSender<SigOut>,
+    on_connected: oneshot::Sender<()>,
 ) -> anyhow::Result<PeerReport> {
     let socket = UdpSocket::bind(SocketAddr::new(spec.bind, 0))
         .await
@@ -160,6 +163,7 @@ pub async fn run(
         want_keyframe: true,
         count_rtp: false,
         report: PeerReport::default(),
+        on_connected: Some(on_connected),
     };
     if let Some(i) = p.spec.publisher {
         let mut api = p.rtc.sdp_api();
@@ -318,6 +322,9 @@ impl Peer {
             Event::Connected if !self.connected => {
                 self.connected = true;
                 self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                if let Some(tx) = self.on_connected.take() {
+                    let _ = tx.send(());
+                }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 tracing::debug!(local = %self.local, "bench peer: ICE disconnected");
