@@ -164,6 +164,11 @@ export interface RoomEvents {
   active_speaker: (participant: Participant) => void;
   /** An `auto` room moved from mesh to the SFU (mesh peer connections closed; tracks come back through the SFU). */
   room_mode: (mode: 'sfu') => void;
+  /**
+   * The server pushed fresh ICE servers (renewed time-limited TURN credentials) before the previous ones expire;
+   * they are already applied to every RTCPeerConnection (`setConfiguration`) and in `room.iceServers`.
+   */
+  ice_servers: (iceServers: RTCIceServer[]) => void;
 }
 
 export class Room {

@@ -1356,6 +1356,22 @@ export class Room extends Emitter {
         if (peer) peer.enqueue(() => peer.onCandidate(msg.candidate));
         break;
       }
+      case 'ice_servers': {
+        // Fresh (time-limited) TURN credentials, pushed before the previous ones expire: for the ICE restarts and
+        // new relay allocations to come (as on resume).
+        if (!Array.isArray(msg.ice_servers)) break;
+        this.iceServers = msg.ice_servers;
+        for (const pc of [...[...this.peers.values()].map((p) => p.pc), this.sfu && this.sfu.pc]) {
+          if (!pc) continue;
+          try {
+            pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this.iceServers });
+          } catch (_) {
+            /* keep the old configuration */
+          }
+        }
+        this.emit('ice_servers', this.iceServers);
+        break;
+      }
       case 'pong': {
         this._lastPong = Date.now();
         const w = this._pongWaiters.get(msg.ts);

@@ -51,7 +51,8 @@ pub struct JoinArgs {
     #[arg(long, visible_alias = "relay")]
     pub relay_only: bool,
     /// Trust the CA certificate(s) in this PEM file for TURN over TLS (`turns:` URLs), in addition to the
-    /// Mozilla root store — e.g. the certificate of a server started with a self-signed one.
+    /// Mozilla root store — e.g. the server's own self-signed certificate (which must then not be a CA
+    /// certificate: basicConstraints CA:FALSE, as rcgen makes them).
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
     /// STUN/TURN servers to use instead of the server's, as JSON like the browser's iceServers:
