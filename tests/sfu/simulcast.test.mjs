@@ -82,3 +82,38 @@ test('simulcast: a subscriber asking for low gets the small layer, then high get
   const m = (await httpGet(server, '/metrics')).body;
   assert.ok(metric(m, 'sfu_rtp_packets_in_total', { kind: 'video' }) > 0);
 });
+
+test('tiles drive subscriptions: a small tile gets the small layer, a hidden one nothing, a large one the full layer', { timeout: 180000 }, async () => {
+  process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'sfu';
+  const server = await h.startServer();
+  const browser = await h.launchBrowser();
+  const pub = await joinSdk(browser, server, 'tiles', 'Publisher', { width: 1280, height: 720, frameRate: 15 });
+  const sub = await joinSdk(browser, server, 'tiles', 'Viewer', { width: 160, height: 120, frameRate: 10 });
+  await waitForMediaFrom(sub.page, [pub.id], { timeout: 40000, what: 'the viewer decoding the publisher' });
+  await waitWidth(sub.page, pub.id, (w) => w >= 640, 'the default (high) layer before any tile is watched');
+  const frames = () => sub.page.evaluate(async (id) => (await window.switchboardApp.room.getStats())[id]?.video.framesDecoded ?? 0, pub.id);
+  // The harness shows each stream in an 80 px wide <video>: watch it as the publisher's tile.
+  await sub.page.evaluate((id) => {
+    const el = [...document.querySelectorAll('video[data-key]')].find((v) => v.dataset.key.startsWith(`${id}/`) && v.srcObject?.getVideoTracks().length);
+    window.__tile = el;
+    window.__stop = window.switchboardApp.room.observeTile(id, el);
+  }, pub.id);
+  const small = await waitWidth(sub.page, pub.id, (w) => w > 0 && w <= 400, 'the small layer for an 80 px tile');
+
+  // Hidden tile: the SFU stops forwarding the video (no renegotiation), decoding stops.
+  await sub.page.evaluate(() => { window.__tile.style.display = 'none'; });
+  await new Promise((r) => setTimeout(r, 1500));
+  const f0 = await frames();
+  await new Promise((r) => setTimeout(r, 3000));
+  const f1 = await frames();
+  assert.ok(f1 - f0 <= 2, `no video while the tile is hidden (${f1 - f0} frames in 3 s)`);
+
+  // Shown again and large: the full layer, decoding again.
+  await sub.page.evaluate(() => { window.__tile.style.display = ''; window.__tile.width = 900; });
+  const large = await waitWidth(sub.page, pub.id, (w) => w >= 1000, 'the full layer for a 900 px tile');
+  const f2 = await frames();
+  await new Promise((r) => setTimeout(r, 2000));
+  const f3 = await frames();
+  console.log(`# tile 80 px: width ${small}; hidden: ${f1 - f0} frames in 3 s; 900 px: width ${large}, ${f3 - f2} frames in 2 s`);
+  assert.ok(f3 - f2 > 10, `decoding again after the tile is shown (${f3 - f2} frames in 2 s)`);
+});

@@ -112,7 +112,7 @@ async function startCall() {
     showError(`Could not get an access token: ${err.message}`);
     throw err;
   }
-  // `?simulcast=0` publishes a single video layer in SFU rooms (default: three simulcast layers).
+  // `?simulcast=0` publishes a single video layer in SFU rooms (default: simulcast, up to three layers by camera size).
   const simulcast = params.get('simulcast') !== '0';
   const room = new Room('/ws', token, { iceTransportPolicy: relay ? 'relay' : 'all', simulcast });
   app.room = room;
@@ -158,7 +158,7 @@ function wireRoom(room) {
   });
   room.on('participant_left', (p, reason) => {
     logEvent({ type: 'participant_left', id: p.id, reason });
-    document.querySelectorAll(`.tile[data-pid="${CSS.escape(p.id)}"]`).forEach((el) => el.remove());
+    document.querySelectorAll(`.tile[data-pid="${CSS.escape(p.id)}"]`).forEach((el) => removeTile(el));
     systemMessage(`${p.name} left${reason && reason !== 'left' ? ` (${reason})` : ''}.`);
     relayout();
   });
@@ -177,7 +177,7 @@ function wireRoom(room) {
   room.on('track_removed', (p, track, stream) => {
     if (stream.getTracks().length === 0) {
       const el = document.querySelector(`.tile[data-pid="${CSS.escape(p.id)}"][data-stream="${CSS.escape(stream.id)}"]`);
-      if (el && el.dataset.kind === 'screen') el.remove();
+      if (el && el.dataset.kind === 'screen') removeTile(el);
       relayout();
     }
   });
@@ -221,8 +221,15 @@ function makeTile(pid, kind, name, local) {
   const video = tile.querySelector('video');
   video.muted = !!local;
   $('#grid').append(tile);
+  // SFU rooms: the SFU forwards this participant's video only while a tile of it is visible, at the size shown.
+  if (!local && app.room) tile.unobserve = app.room.observeTile(pid, tile);
   relayout();
   return tile;
+}
+
+function removeTile(tile) {
+  tile.unobserve?.();
+  tile.remove();
 }
 
 function ensureTile(p, kind, streamId) {

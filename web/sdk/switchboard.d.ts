@@ -215,6 +215,17 @@ export class Room {
    * Returns false outside SFU rooms.
    */
   setSubscribeQuality(quality: 'low' | 'medium' | 'high', participantId?: string): boolean;
+  /**
+   * SFU rooms: whether to receive a participant's video and/or audio. `{video: false}` pauses its video (the SFU
+   * stops forwarding it, no renegotiation); `{video: true}` resumes it at the next keyframe.
+   */
+  setSubscription(participantId: string, wish: { video?: boolean; audio?: boolean }): boolean;
+  /**
+   * SFU rooms: receive `participantId`'s video only while one of its watched elements (a <video>, or an element
+   * containing one) is visible, at a quality fitting the largest visible one (a step lower while it is under half
+   * the width of the video it shows, a step higher while it is wider). Returns a function that stops watching.
+   */
+  observeTile(participantId: string, element: Element): () => void;
   /** Merges into the local metadata and broadcasts it (`update`). */
   updateMetadata(patch: ParticipantMetadata): boolean;
   setName(name: string): boolean;

@@ -840,6 +840,14 @@ class SfuPeer extends Peer {
     this.senders.set(track, tr.sender);
   }
 
+  /** Asks the SFU to forward (or not) one participant's video and/or audio (`{video, audio}` booleans). */
+  setSubscription(participantId, { video, audio } = {}) {
+    const msg = { type: 'subscribe', participant: participantId };
+    if (typeof video === 'boolean') msg.video = video;
+    if (typeof audio === 'boolean') msg.audio = audio;
+    return this.sendData('data', 'sfu', JSON.stringify(msg));
+  }
+
   /** Asks the SFU for a video quality ('low' | 'medium' | 'high') from one participant, or from everyone. */
   setQuality(quality, participantId) {
     const msg = { type: 'subscribe_quality', quality };
@@ -1221,6 +1229,7 @@ export class Room extends Emitter {
         if (!this.sfu) {
           this.sfu = new SfuPeer(this);
           this.sfu.attachLocal();
+          this._resendTileWishes();
         }
         return;
       }
@@ -1258,6 +1267,7 @@ export class Room extends Emitter {
     }
     this.sfu = new SfuPeer(this);
     this.sfu.attachLocal();
+    this._resendTileWishes();
     this.emit('room_mode', 'sfu');
   }
 
@@ -1562,6 +1572,114 @@ export class Room extends Emitter {
   setSubscribeQuality(quality, participantId) {
     if (!['low', 'medium', 'high'].includes(quality)) throw new Error(`unknown quality ${quality}`);
     return this.sfu ? this.sfu.setQuality(quality, participantId) : false;
+  }
+
+  /**
+   * SFU rooms: whether to receive `participantId`'s video and/or audio (`{video: false}` pauses its video: the
+   * SFU stops forwarding it, without renegotiation; `{video: true}` resumes it at the next keyframe). Returns
+   * false outside SFU rooms (or while the connection to the SFU is not up yet: the request is sent once it is).
+   */
+  setSubscription(participantId, { video, audio } = {}) {
+    if (!participantId) throw new Error('setSubscription needs a participant id');
+    return this.sfu ? this.sfu.setSubscription(participantId, { video, audio }) : false;
+  }
+
+  /**
+   * SFU rooms: receive `participantId`'s video only while one of the elements watched for it is visible (in the
+   * viewport, displayed, page not hidden), and at a quality that fits the largest visible one: a step lower
+   * while the element (in device pixels) is under half the width of the video it shows, a step higher while it
+   * is wider than that video. `element` is a <video> or contains one. Apps call it for each video tile; it returns
+   * a function that stops watching `element` (call it when the tile goes). Outside SFU rooms the wishes are kept
+   * and sent once the room moves to the SFU.
+   */
+  observeTile(participantId, element) {
+    if (!this._tiles) {
+      this._tiles = new Map(); // element -> {pid, visible, width, video}
+      this._tileWishes = new Map(); // participant id -> {q: 0..2, wish: 'off' | quality (as last sent)}
+      const update = () => this._updateTileWishes();
+      this._tileUpdate = update;
+      this._tileIo = typeof IntersectionObserver === 'function'
+        ? new IntersectionObserver((entries) => {
+          for (const e of entries) {
+            const t = this._tiles.get(e.target);
+            if (t) t.visible = e.isIntersecting;
+          }
+          update();
+        })
+        : null;
+      this._tileRo = typeof ResizeObserver === 'function'
+        ? new ResizeObserver((entries) => {
+          for (const e of entries) {
+            const t = this._tiles.get(e.target);
+            if (t) t.width = e.contentRect.width;
+          }
+          update();
+        })
+        : null;
+      if (typeof document !== 'undefined') document.addEventListener('visibilitychange', update);
+    }
+    const video = element.tagName === 'VIDEO' ? element : element.querySelector('video');
+    this._tiles.set(element, { pid: participantId, visible: true, width: element.clientWidth, video });
+    // A layer switch changes the video's size: look again.
+    video?.addEventListener('resize', this._tileUpdate);
+    this._tileIo?.observe(element);
+    this._tileRo?.observe(element);
+    this._updateTileWishes();
+    return () => {
+      if (!this._tiles.delete(element)) return;
+      video?.removeEventListener('resize', this._tileUpdate);
+      this._tileIo?.unobserve(element);
+      this._tileRo?.unobserve(element);
+      this._updateTileWishes();
+    };
+  }
+
+  _updateTileWishes() {
+    if (!this._tiles) return;
+    const pageHidden = typeof document !== 'undefined' && document.visibilityState === 'hidden';
+    const ratio = (typeof window !== 'undefined' && window.devicePixelRatio) || 1;
+    const seen = new Map(); // pid -> {px: widest visible element, video: width of the video it shows}
+    for (const [el, t] of this._tiles) {
+      const shown = !pageHidden && t.visible && el.isConnected && t.width > 0;
+      const cur = seen.get(t.pid) || { px: 0, video: 0 };
+      if (shown && t.width * ratio >= cur.px) seen.set(t.pid, { px: t.width * ratio, video: t.video?.videoWidth || 0 });
+      else seen.set(t.pid, cur);
+    }
+    const QUALITIES = ['low', 'medium', 'high'];
+    for (const [pid, { px, video }] of seen) {
+      const st = this._tileWishes.get(pid) || { q: 2, wish: 'high' };
+      if (px > 0 && video > 0) {
+        if (px < video / 2 && st.q > 0) st.q -= 1;
+        else if (px > video && st.q < 2) st.q += 1;
+      }
+      const wish = px <= 0 ? 'off' : QUALITIES[st.q];
+      const changed = wish !== st.wish || !this._tileWishes.has(pid);
+      st.wish = wish;
+      this._tileWishes.set(pid, st);
+      if (changed) this._sendTileWish(pid, wish);
+    }
+    // A participant without tiles any more: back to the defaults.
+    for (const pid of [...this._tileWishes.keys()]) {
+      if (seen.has(pid)) continue;
+      this._tileWishes.delete(pid);
+      this._sendTileWish(pid, 'high');
+    }
+  }
+
+  _sendTileWish(pid, wish) {
+    if (!this.sfu) return;
+    if (wish === 'off') {
+      this.sfu.setSubscription(pid, { video: false });
+    } else {
+      this.sfu.setQuality(wish, pid);
+      this.sfu.setSubscription(pid, { video: true });
+    }
+  }
+
+  /** A new connection to the SFU learns the tiles' wishes again. */
+  _resendTileWishes() {
+    if (!this._tileWishes) return;
+    for (const [pid, st] of this._tileWishes) this._sendTileWish(pid, st.wish);
   }
 
   /** Stats of every peer connection, keyed by participant id (see `PeerStats` in the .d.ts). */

@@ -33,6 +33,8 @@ const FIRST_OFFER_DELAY: Duration = Duration::from_millis(1500);
 const OFFER_RETRY: Duration = Duration::from_secs(2);
 /// At most one keyframe request per published track in this interval.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// Most publishers a subscriber keeps wishes about (the room size bounds it anyway).
+const MAX_PREFS: usize = 1024;
 /// Audio frames at or below this level (dBov, RFC 6464) count as silence.
 const SILENT_LEVEL: i8 = -75;
 /// Share of a subscriber's bandwidth estimate given to video (the rest: audio, RTCP, retransmissions).
@@ -153,6 +155,8 @@ struct TrackOut {
     state: OutState,
     /// Simulcast: the wanted quality and the layer forwarded.
     layers: LayerState,
+    /// The subscriber asked not to receive this track for now (`subscribe` control message).
+    paused: bool,
 }
 
 impl TrackOut {
@@ -161,6 +165,23 @@ impl TrackOut {
             OutState::Open(m) => Some(m),
             _ => None,
         }
+    }
+}
+
+/// A subscriber's wishes about one publisher (or everyone), from the `subscribe_quality` and `subscribe`
+/// control messages; unset fields leave the default (high quality, everything received).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Pref {
+    want: Option<usize>,
+    video: Option<bool>,
+    audio: Option<bool>,
+}
+
+impl Pref {
+    fn merge(&mut self, other: Pref) {
+        self.want = other.want.or(self.want);
+        self.video = other.video.or(self.video);
+        self.audio = other.audio.or(self.audio);
     }
 }
 
@@ -228,9 +249,20 @@ struct Client {
     remb: Option<u64>,
     /// The estimate in force (bit/s): the lower of the two.
     bwe: Option<u64>,
+    /// Subscription wishes: for everyone (`""`) and per publisher participant id.
+    prefs: HashMap<String, Pref>,
 }
 
 impl Client {
+    /// What this subscriber wants of `publisher`'s tracks: its specific wishes over those for everyone.
+    fn pref_for(&self, publisher: &str) -> Pref {
+        let mut p = self.prefs.get("").copied().unwrap_or_default();
+        if let Some(specific) = self.prefs.get(publisher) {
+            p.merge(*specific);
+        }
+        p
+    }
+
     fn sink(&self) -> Option<&MediaSink> {
         match &self.role {
             Role::Participant(s) => Some(s),
@@ -368,6 +400,7 @@ impl Client {
                         track_id: String::new(),
                         state: OutState::Open(m.mid),
                         layers: LayerState::default(),
+                        paused: false,
                     });
                     props.push_back(Prop::WhepSlot(self.id));
                 }
@@ -991,7 +1024,7 @@ impl Engine {
             }
             let mut wrote = false;
             for t in &mut s.tracks_out {
-                if t.src != Some((from, data.mid)) {
+                if t.src != Some((from, data.mid)) || t.paused {
                     continue;
                 }
                 let Some(mid) = t.open_mid() else {
@@ -1111,38 +1144,44 @@ impl Engine {
             return;
         };
         match v.get("type").and_then(|t| t.as_str()) {
-            Some("subscribe_quality") => {
-                let Some(want) = v
-                    .get("quality")
-                    .and_then(|q| q.as_str())
-                    .and_then(simulcast::quality)
-                else {
-                    return;
+            Some(kind @ ("subscribe_quality" | "subscribe")) => {
+                let pref = if kind == "subscribe_quality" {
+                    let Some(want) = v
+                        .get("quality")
+                        .and_then(|q| q.as_str())
+                        .and_then(simulcast::quality)
+                    else {
+                        return;
+                    };
+                    Pref {
+                        want: Some(want),
+                        ..Pref::default()
+                    }
+                } else {
+                    Pref {
+                        want: None,
+                        video: v.get("video").and_then(|x| x.as_bool()),
+                        audio: v.get("audio").and_then(|x| x.as_bool()),
+                    }
                 };
-                let only = v.get("participant").and_then(|p| p.as_str());
-                // Publisher client ids of the named participant (all publishers without a name).
-                let Some(c) = self.clients.get(&from) else {
-                    return;
-                };
-                let srcs: Vec<ClientId> = c
-                    .tracks_out
-                    .iter()
-                    .filter_map(|t| t.src.map(|(p, _)| p))
-                    .filter(|p| {
-                        only.is_none_or(|name| {
-                            self.clients.get(p).is_some_and(|pc| pc.participant == name)
-                        })
-                    })
-                    .collect();
-                debug!(participant = %c.participant, ?only, want, "subscribe_quality");
+                let only = v.get("participant").and_then(|p| p.as_str()).unwrap_or("");
                 let Some(c) = self.clients.get_mut(&from) else {
                     return;
                 };
-                for t in &mut c.tracks_out {
-                    if t.kind == MediaKind::Video && t.src.is_some_and(|(p, _)| srcs.contains(&p)) {
-                        t.layers.want = want;
+                debug!(participant = %c.participant, publisher = only, ?pref, "subscription");
+                if only.is_empty() {
+                    // A wish for everyone replaces the per-publisher ones on the same fields.
+                    for p in c.prefs.values_mut() {
+                        p.want = p.want.filter(|_| pref.want.is_none());
+                        p.video = p.video.filter(|_| pref.video.is_none());
+                        p.audio = p.audio.filter(|_| pref.audio.is_none());
                     }
                 }
+                if c.prefs.len() < MAX_PREFS || c.prefs.contains_key(only) {
+                    c.prefs.entry(only.to_owned()).or_default().merge(pref);
+                }
+                self.apply_prefs(from);
+                self.allocate(from);
             }
             _ => {
                 if let Some(c) = self.clients.get(&from) {
@@ -1150,6 +1189,62 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Applies a subscriber's wishes to its forwarded tracks: wanted quality, paused or not. A resumed video
+    /// waits for a keyframe (requested from the publisher).
+    fn apply_prefs(&mut self, sid: ClientId) {
+        let Some(c) = self.clients.get(&sid) else {
+            return;
+        };
+        if c.prefs.is_empty() {
+            return;
+        }
+        let mut changes = std::mem::take(&mut self.caps);
+        changes.clear();
+        let mut wants = Vec::new();
+        for (i, t) in c.tracks_out.iter().enumerate() {
+            let Some(name) = t
+                .src
+                .and_then(|(p, _)| self.clients.get(&p))
+                .map(|pc| pc.participant.as_str())
+            else {
+                continue;
+            };
+            let pref = c.pref_for(name);
+            let on = match t.kind {
+                MediaKind::Video => pref.video,
+                MediaKind::Audio => pref.audio,
+            }
+            .unwrap_or(true);
+            changes.push((i, usize::from(!on)));
+            wants.push(pref.want.unwrap_or(simulcast::DEFAULT_WANT));
+        }
+        let mut keyframes = Vec::new();
+        if let Some(c) = self.clients.get_mut(&sid) {
+            for (&(i, paused), want) in changes.iter().zip(wants) {
+                let Some(t) = c.tracks_out.get_mut(i) else {
+                    continue;
+                };
+                let paused = paused == 1;
+                if t.kind == MediaKind::Video {
+                    t.layers.want = want;
+                }
+                if t.paused && !paused {
+                    // Resumed: the decoder starts again at a keyframe.
+                    t.layers.new_source();
+                    if let (Some((p, m)), MediaKind::Video) = (t.src, t.kind) {
+                        keyframes.push((p, m));
+                    }
+                }
+                t.paused = paused;
+            }
+        }
+        for (p, m) in keyframes {
+            self.props
+                .push_back(Prop::Keyframe(p, m, None, KeyframeRequestKind::Pli));
+        }
+        self.caps = changes;
     }
 
     fn track_opened(&mut self, from: ClientId, mid: Mid) {
@@ -1190,12 +1285,17 @@ impl Engine {
                         track_id: format!("{publisher}.{}", s.out_seq),
                         state: OutState::ToOpen,
                         layers: LayerState::default(),
+                        paused: false,
                     });
                     self.mark(sid);
                 }
                 Role::Whep => self.feed_whep(sid),
                 _ => {}
             }
+        }
+        // The subscribers' earlier wishes about this publisher hold for its new track too.
+        for &sid in &members {
+            self.apply_prefs(sid);
         }
         self.scratch = members;
     }
@@ -1410,6 +1510,7 @@ impl Engine {
             loss_bwe: LossEstimator::default(),
             remb: None,
             bwe: None,
+            prefs: HashMap::new(),
         };
         // Subscribe to what the room already publishes.
         if matches!(client.role, Role::Participant(_)) && can_subscribe {
@@ -1435,6 +1536,7 @@ impl Engine {
                         track_id: format!("{}.{}", p.participant, client.out_seq),
                         state: OutState::ToOpen,
                         layers: LayerState::default(),
+                        paused: false,
                     });
                 }
             }
