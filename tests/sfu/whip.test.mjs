@@ -1,6 +1,6 @@
 // WHIP (RFC 9725) and WHEP through the SFU: a Chromium page publishes with plain fetch + RTCPeerConnection,
-// another views with WHEP and decodes; a participant of the sfu room sees the WHIP publisher too; DELETE
-// ends a session; bad tokens are refused. Then aiortc (an independent WebRTC stack) publishes by WHIP.
+// trickles its candidates by PATCH, another views with WHEP and decodes; a participant of the sfu room sees the
+// WHIP publisher too; DELETE ends a session; bad tokens are refused. Then aiortc (an independent WebRTC stack) publishes by WHIP.
 //
 // Run: cargo build -p switchboard && node --test --test-concurrency=1 tests/sfu/
 import { test, after } from 'node:test';
@@ -138,6 +138,31 @@ test('WHIP publish from Chromium, WHEP view in Chromium, the sfu room sees it; D
   assert.match(p.location, /^\/whip\/whip-room\/[0-9a-f]+$/);
   assert.equal(p.contentType, 'application/sdp');
   await pub.waitForFunction(() => window.whip.pc.connectionState === 'connected', null, { timeout: 20000 });
+
+  // Trickle ICE by PATCH (RFC 9725 §4.3): the publisher's candidates in an SDP fragment → 204; new ICE
+  // credentials (an ICE restart) → 422; wrong type → 415; no token → 401; an unknown session → 404.
+  const patch = await pub.evaluate(async (tok) => {
+    const sdp = window.whip.pc.localDescription.sdp;
+    const ufrag = sdp.match(/a=ice-ufrag:(\S+)/)[1];
+    const pwd = sdp.match(/a=ice-pwd:(\S+)/)[1];
+    const cands = sdp.split(/\r?\n/).filter((l) => l.startsWith('a=candidate:'));
+    const frag = (u, p) => `a=ice-ufrag:${u}\r\na=ice-pwd:${p}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n${cands.join('\r\n')}\r\na=end-of-candidates\r\n`;
+    const send = async (body, type = 'application/trickle-ice-sdpfrag', auth = true, url = window.whip.location) => (await fetch(url, {
+      method: 'PATCH',
+      headers: { 'Content-Type': type, ...(auth ? { Authorization: `Bearer ${tok}` } : {}) },
+      body,
+    })).status;
+    return {
+      candidates: cands.length,
+      trickle: await send(frag(ufrag, pwd)),
+      restart: await send(frag('newufrag', 'newpassword0123456789012')),
+      type: await send(frag(ufrag, pwd), 'application/sdp'),
+      noToken: await send(frag(ufrag, pwd), 'application/trickle-ice-sdpfrag', false),
+      unknown: await send(frag(ufrag, pwd), 'application/trickle-ice-sdpfrag', true, window.whip.location.replace(/[0-9a-f]+$/, '0000')),
+    };
+  }, pubTok);
+  assert.deepEqual(patch, { candidates: patch.candidates, trickle: 204, restart: 422, type: 415, noToken: 401, unknown: 404 }, JSON.stringify(patch));
+  assert.equal(await pub.evaluate(() => window.whip.pc.connectionState), 'connected', 'the session survives the PATCHes');
 
   const viewer = await blankPage(browser, server);
   const v = await whepView(viewer, room, viewTok);

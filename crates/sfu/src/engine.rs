@@ -116,6 +116,25 @@ pub(crate) enum Command {
         id: String,
         reply: oneshot::Sender<bool>,
     },
+    /// Trickled ICE for a WHIP/WHEP session (`PATCH`, RFC 9725 §4.3).
+    HttpPatch {
+        kind: HttpKind,
+        room: String,
+        id: String,
+        frag: crate::whip::SdpFrag,
+        reply: oneshot::Sender<PatchResult>,
+    },
+}
+
+/// Outcome of a WHIP/WHEP `PATCH`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PatchResult {
+    /// Candidates taken (204).
+    Applied,
+    /// No such session (404).
+    NotFound,
+    /// New ICE credentials: an ICE restart, which this server does not do (422).
+    IceRestart,
 }
 
 /// A track a client publishes to the SFU.
@@ -251,6 +270,8 @@ struct Client {
     bwe: Option<u64>,
     /// Subscription wishes: for everyone (`""`) and per publisher participant id.
     prefs: HashMap<String, Pref>,
+    /// WHIP/WHEP: the ICE ufrag of the client's offer (trickled candidates must carry it).
+    remote_ufrag: Option<String>,
 }
 
 impl Client {
@@ -1511,6 +1532,7 @@ impl Engine {
             remb: None,
             bwe: None,
             prefs: HashMap::new(),
+            remote_ufrag: None,
         };
         // Subscribe to what the room already publishes.
         if matches!(client.role, Role::Participant(_)) && can_subscribe {
@@ -1634,6 +1656,16 @@ impl Engine {
                     self.remove_client(cid);
                 }
                 let _ = reply.send(found.is_some());
+            }
+            Command::HttpPatch {
+                kind,
+                room,
+                id,
+                frag,
+                reply,
+            } => {
+                let r = self.http_patch(kind, room, &id, &frag);
+                let _ = reply.send(r);
             }
         }
         self.drain();
@@ -1760,12 +1792,43 @@ impl Engine {
         self.mark(id);
     }
 
+    /// Trickled candidates for a WHIP/WHEP session. Bad candidate lines are skipped (logged).
+    fn http_patch(
+        &mut self,
+        kind: HttpKind,
+        room: String,
+        id: &str,
+        frag: &crate::whip::SdpFrag,
+    ) -> PatchResult {
+        let pid = format!("{}_{id}", kind.prefix());
+        let Some(cid) = self.by_participant.get(&(room, pid)).copied() else {
+            return PatchResult::NotFound;
+        };
+        let Some(c) = self.clients.get_mut(&cid) else {
+            return PatchResult::NotFound;
+        };
+        if frag.ufrag.is_some() && frag.ufrag != c.remote_ufrag {
+            return PatchResult::IceRestart;
+        }
+        for line in &frag.candidates {
+            match Candidate::from_sdp_string(line) {
+                Ok(cand) => c.rtc.add_remote_candidate(cand),
+                Err(e) => {
+                    debug!(participant = %c.participant, "ignoring trickled candidate {line:?}: {e}")
+                }
+            }
+        }
+        self.mark(cid);
+        PatchResult::Applied
+    }
+
     fn http_offer(
         &mut self,
         kind: HttpKind,
         room: &str,
         offer: &str,
     ) -> Result<HttpSession, String> {
+        let offer_text = offer;
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| format!("bad SDP offer: {e}"))?;
         let rid = signal::random_hex(8);
         let pid = format!("{}_{rid}", kind.prefix());
@@ -1782,6 +1845,7 @@ impl Engine {
         let Some(c) = self.clients.get_mut(&id) else {
             return Err("client vanished".into());
         };
+        c.remote_ufrag = crate::whip::SdpFrag::parse(offer_text).ufrag;
         match c.rtc.sdp_api().accept_offer(offer) {
             Ok(answer) => {
                 c.negotiated = true;

@@ -5,8 +5,10 @@
 //! - `POST /whep/{room}` likewise (grant `canSubscribe`); the offer's recvonly m-lines are fed from the
 //!   room's published tracks.
 //! - `DELETE` on the `Location` ends the session (same bearer token).
-//!
-//! The server is ICE-lite and its candidates are in the answer: no trickle (`PATCH` answers 405).
+//! - `PATCH` on the `Location` with an `application/trickle-ice-sdpfrag` body (same bearer token) adds the
+//!   client's trickled candidates (204). New ICE credentials in it ask for an ICE restart, which this server
+//!   does not do (422). The server is ICE-lite and all its candidates are in the answer, so clients need not
+//!   trickle at all.
 
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use axum::Router;
 use signal::KeySet;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Command, HttpKind};
+use crate::engine::{Command, HttpKind, PatchResult};
 
 /// Largest SDP offer accepted.
 const MAX_SDP: usize = 64 * 1024;
@@ -39,12 +41,11 @@ pub(crate) fn router(tx: mpsc::UnboundedSender<Command>, keys: KeySet) -> Router
                 delete_session(kind, s, p, h)
             },
         )
-        .patch(|| async {
-            (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "trickle ICE is not supported: the server is ICE-lite",
-            )
-        })
+        .patch(
+            move |s: State<WhipState>, p: Path<(String, String)>, h: HeaderMap, b: Bytes| {
+                patch_session(kind, s, p, h, b)
+            },
+        )
         .options(options)
     };
     Router::new()
@@ -78,7 +79,7 @@ async fn options() -> impl IntoResponse {
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             (
                 header::ACCESS_CONTROL_ALLOW_METHODS,
-                "POST, DELETE, OPTIONS",
+                "POST, PATCH, DELETE, OPTIONS",
             ),
             (
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -193,6 +194,10 @@ async fn create_session(
                 [
                     (header::CONTENT_TYPE, "application/sdp".to_string()),
                     (header::LOCATION, location),
+                    (
+                        header::HeaderName::from_static("accept-patch"),
+                        "application/trickle-ice-sdpfrag".to_string(),
+                    ),
                     (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*".to_string()),
                     (
                         header::ACCESS_CONTROL_EXPOSE_HEADERS,
@@ -239,6 +244,92 @@ async fn delete_session(
     }
 }
 
+/// The ICE part of an SDP fragment (RFC 8840) or offer: the first `a=ice-ufrag`, and each `a=candidate:` line
+/// (without `a=`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SdpFrag {
+    pub ufrag: Option<String>,
+    pub candidates: Vec<String>,
+}
+
+/// Most candidates taken from one fragment.
+const MAX_FRAG_CANDIDATES: usize = 64;
+
+impl SdpFrag {
+    pub(crate) fn parse(text: &str) -> SdpFrag {
+        let mut f = SdpFrag::default();
+        for line in text.lines().map(str::trim) {
+            if let Some(u) = line.strip_prefix("a=ice-ufrag:") {
+                f.ufrag.get_or_insert_with(|| u.trim().to_owned());
+            } else if let Some(c) = line.strip_prefix("a=") {
+                if c.starts_with("candidate:") && f.candidates.len() < MAX_FRAG_CANDIDATES {
+                    f.candidates.push(c.to_owned());
+                }
+            }
+        }
+        f
+    }
+}
+
+async fn patch_session(
+    kind: HttpKind,
+    State(st): State<WhipState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, msg)) = authorize(&st.keys, &headers, &room, kind) {
+        return error(status, msg);
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("application/trickle-ice-sdpfrag")
+    {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected Content-Type: application/trickle-ice-sdpfrag",
+        );
+    }
+    if body.len() > MAX_SDP {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("SDP fragment over {MAX_SDP} bytes"),
+        );
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the SDP fragment is not UTF-8");
+    };
+    let (reply, rx) = oneshot::channel();
+    let cmd = Command::HttpPatch {
+        kind,
+        room,
+        id,
+        frag: SdpFrag::parse(text),
+        reply,
+    };
+    if st.tx.send(cmd).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the SFU is not running");
+    }
+    match tokio::time::timeout(ENGINE_TIMEOUT, rx).await {
+        Ok(Ok(PatchResult::Applied)) => (
+            StatusCode::NO_CONTENT,
+            [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        )
+            .into_response(),
+        Ok(Ok(PatchResult::NotFound)) => error(StatusCode::NOT_FOUND, "no such session"),
+        Ok(Ok(PatchResult::IceRestart)) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ICE restart is not supported: start a new session (the server is ICE-lite)",
+        ),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "the SFU did not answer"),
+    }
+}
+
 /// Percent-encodes a path segment.
 fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -250,4 +341,33 @@ fn urlencode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdp_fragment_gives_the_ufrag_and_the_candidates() {
+        let frag = "a=ice-ufrag:EsAw\r\na=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
+                    a=candidate:1387637174 1 udp 2122260223 192.0.2.1 61764 typ host generation 0 ufrag EsAw network-id 1\r\n\
+                    a=candidate:3471623853 1 udp 2122194687 198.51.100.2 61765 typ host generation 0 ufrag EsAw network-id 2\r\n\
+                    a=end-of-candidates\r\n";
+        let f = SdpFrag::parse(frag);
+        assert_eq!(f.ufrag.as_deref(), Some("EsAw"));
+        assert_eq!(f.candidates.len(), 2);
+        assert!(f.candidates[0].starts_with("candidate:1387637174 1 udp"));
+        assert_eq!(
+            SdpFrag::parse("garbage\n\u{0}a=candidate"),
+            SdpFrag::default()
+        );
+        let many: String = (0..200)
+            .map(|i| format!("a=candidate:{i} 1 udp 1 192.0.2.1 {i} typ host\n"))
+            .collect();
+        assert_eq!(
+            SdpFrag::parse(&many).candidates.len(),
+            MAX_FRAG_CANDIDATES,
+            "bounded"
+        );
+    }
 }
