@@ -266,6 +266,25 @@ fn report_json(
     })
 }
 
+/// One allocation on a new client socket. A server that still holds an allocation for a reused local
+/// port (or saw a retransmission late, 437) gets a second and third try on other ports.
+fn allocate_fresh(
+    server: SocketAddr,
+    user: &str,
+    pass: &str,
+) -> anyhow::Result<(Control, SocketAddr)> {
+    let mut last = None;
+    for _ in 0..3 {
+        let mut c = Control::new(server, user, pass).context("binding a client socket")?;
+        match c.allocate() {
+            Ok(relayed) => return Ok((c, relayed)),
+            Err(e) if format!("{e:#}").contains(" 437 ") => last = Some(e),
+            Err(e) => return Err(e).context("Allocate"),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no allocation"))).context("Allocate")
+}
+
 /// Set up one thread's allocation pairs: endpoints `2k`/`2k+1` are partners.
 fn setup_pairs(
     server: SocketAddr,
@@ -275,10 +294,8 @@ fn setup_pairs(
 ) -> anyhow::Result<Vec<Control>> {
     let mut ctl = Vec::with_capacity(pairs * 2);
     for _ in 0..pairs {
-        let mut a = Control::new(server, user, pass).context("binding a client socket")?;
-        let mut b = Control::new(server, user, pass).context("binding a client socket")?;
-        let ra = a.allocate().context("Allocate")?;
-        let rb = b.allocate().context("Allocate")?;
+        let (a, ra) = allocate_fresh(server, user, pass)?;
+        let (b, rb) = allocate_fresh(server, user, pass)?;
         ctl.push(a);
         ctl.push(b);
         let n = ctl.len();

@@ -11,7 +11,9 @@ use stun::{
 };
 
 /// How long one request may take, retransmissions included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// First retransmission timeout (doubled after each retransmission); generous for loaded machines.
+const FIRST_RTO: Duration = Duration::from_millis(500);
 
 /// One client 5-tuple talking to the TURN server.
 pub struct Control {
@@ -98,7 +100,7 @@ impl Control {
     /// Send `self.out` until a response with `tid` arrives (other datagrams are skipped).
     fn exchange(&mut self, tid: TransactionId) -> anyhow::Result<usize> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let mut rto = Duration::from_millis(200);
+        let mut rto = FIRST_RTO;
         loop {
             self.sock.send(&self.out)?;
             let resend_at = (Instant::now() + rto).min(deadline);
