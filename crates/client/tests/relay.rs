@@ -694,21 +694,27 @@ async fn short_credentials_call(
 }
 
 /// Sends chat `tag-<n>` every second for `secs` seconds; returns how many of them Bob received within a
-/// second of being sent.
+/// second of being sent (and prints the slowest delivery).
 async fn chat_every_second(alice: &Room, bob: &Room, tag: &str, secs: u32) -> u32 {
     let mut got = 0;
+    let mut slowest = Duration::ZERO;
     for n in 0..secs {
         let text = format!("{tag}-{n}");
+        let sent = tokio::time::Instant::now();
         alice.send_chat(&text).await.expect("chat");
-        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        let until = sent + Duration::from_secs(1);
         while let Ok(Some(ev)) = tokio::time::timeout_at(until, bob.next_event()).await {
             match ev {
-                RoomEvent::Chat { text: t, .. } if t == text => got += 1,
+                RoomEvent::Chat { text: t, .. } if t == text => {
+                    got += 1;
+                    slowest = slowest.max(sent.elapsed());
+                }
                 RoomEvent::PeerState { state, .. } => eprintln!("{tag} {n}: bob's peer {state:?}"),
                 _ => {}
             }
         }
     }
+    eprintln!("{tag}: {got}/{secs} chat messages within 1 s, slowest {slowest:?}");
     got
 }
 
