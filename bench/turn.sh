@@ -11,7 +11,8 @@
 # Usage (repo root): bench/turn.sh
 # Env: SWITCHBOARD_BIN (default target/release/switchboard, built if missing), THREADS relay threads (2),
 #      ALLOCS (100), DURATION seconds per run (5), RATE for the fixed run (20000), SIZE payload bytes (200),
-#      WINDOW (8), LOAD_THREADS load-generator threads (1), ROUNDS (3).
+#      WINDOW (8), LOAD_THREADS load-generator threads (1), ROUNDS (3), LOADGEN_BIN the binary whose
+#      `bench turn` generates the load (default SWITCHBOARD_BIN; lets an older server build be measured).
 set -euo pipefail
 
 THREADS=${THREADS:-2}
@@ -23,6 +24,7 @@ WINDOW=${WINDOW:-8}
 LOAD_THREADS=${LOAD_THREADS:-1}
 ROUNDS=${ROUNDS:-3}
 BIN=${SWITCHBOARD_BIN:-target/release/switchboard}
+LOADGEN=${LOADGEN_BIN:-$BIN}
 
 for tool in turnserver turnutils_stunclient python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install coturn python3)" >&2; exit 1; }
@@ -62,7 +64,7 @@ wait_udp "$P1"; wait_udp "$P2"
 run() {
   local rate=0
   [[ $4 == fixed ]] && rate=$RATE
-  timeout $((DURATION + 60)) "$BIN" bench turn --server "127.0.0.1:$2" --user alice --password secret \
+  timeout $((DURATION + 60)) "$LOADGEN" bench turn --server "127.0.0.1:$2" --user alice --password secret \
     --allocations "$ALLOCS" --duration "$DURATION" --rate "$rate" --window "$WINDOW" --size "$SIZE" \
     --threads "$LOAD_THREADS" --server-pid "$3" >"$OUT/$4-$1-$5.json"
 }
