@@ -4,6 +4,9 @@
 //    SHA-256; the server's turn_relayed_bytes_total grows.
 // 2. With `ice.credential-ttl-secs = 5` the server pushes `ice_servers` before the credentials expire: the browser
 //    SDK emits `ice_servers` and its RTCPeerConnection's configuration carries the new TURN username.
+// 3. With a 10 s credential lifetime, a relay-only CLI <-> relay-only Chromium call carries one chat line a second
+//    for over 3x that lifetime: the CLI replaces its allocation at each renewal (our TURN server answers 441 to new
+//    credentials on an allocation), ICE restarts, and nothing is lost.
 //
 //   node --test tests/native/turns.test.mjs     (binary: SWITCHBOARD_BIN or target/debug/switchboard; openssl)
 import { test, after } from 'node:test';
@@ -129,4 +132,39 @@ test('the SDK applies pushed ice_servers (renewed TURN credentials) to its peer 
   assert.equal(turnUser(state.room), renewed);
   assert.ok(state.config.some((s) => s.username === renewed), `pc configuration: ${JSON.stringify(state.config)}`);
   assert.equal(state.connection, 'connected');
+});
+
+test('a relayed CLI <-> Chromium call outlives 3x its TURN credentials (10 s TTL, renewed by ice_servers pushes)', { timeout: 120000 }, async () => {
+  const TTL = 10;
+  const server = await h.startServer({ env: { SWITCHBOARD_ICE_CREDENTIAL_TTL_SECS: String(TTL) } });
+  const browser = await h.launchBrowser();
+  const room = `long-${crypto.randomBytes(3).toString('hex')}`;
+  const web = await h.join(browser, server, room, 'Web', { relay: true });
+  const cli = startCli([server.url, '--room', room, '--name', 'CLI', '--relay'], { RUST_LOG: 'info' });
+  const fail = (what) => `${what}\n${cli.log('cli')}\nbrowser console:\n${web.console.slice(-30).join('\n')}\nserver log (tail):\n${server.log.slice(-20).join('\n')}`;
+  const joinedLine = await until(() => cli.stderr.find((l) => l.startsWith('joined room')) || cli.exited, { timeout: 20000, what: 'CLI joined' });
+  assert.ok(typeof joinedLine === 'string', fail('CLI exited'));
+  const cliId = joinedLine.match(/\((p_[^)]+)\)/)?.[1];
+  await waitForChannels(web.page, [cliId], 30000).catch((e) => assert.fail(fail(`browser channels: ${e.message}`)));
+  // One chat line a second for over 3x the credentials' lifetime, each due in the browser within 2 s.
+  const n = 3 * TTL + 4;
+  let late = 0;
+  for (let i = 0; i < n; i++) {
+    const text = `tick ${i}`;
+    const sent = Date.now();
+    cli.proc.stdin.write(`${text}\n`);
+    const ok = await until(() => web.page.evaluate((t) => window.switchboardApp.chat.some((m) => m.from === 'CLI' && m.text === t), text), { timeout: 2000, interval: 50, what: text }).catch(() => false);
+    if (!ok) late++;
+    await new Promise((r) => setTimeout(r, Math.max(0, 1000 - (Date.now() - sent))));
+  }
+  const replaced = cli.stderr.filter((l) => l.includes('replacing the allocation')).length;
+  const delivered = await web.page.evaluate(() => window.switchboardApp.chat.filter((m) => m.from === 'CLI' && m.text.startsWith('tick ')).length);
+  console.log(`chat: ${delivered}/${n} delivered, ${late} later than 2 s; CLI allocation replacements: ${replaced}`);
+  assert.ok(replaced >= 3, fail(`only ${replaced} TURN allocation replacements in ${n} s`));
+  assert.equal(delivered, n, fail('chat lost'));
+  assert.ok(late <= 1, fail(`${late} chat lines later than 2 s`));
+  await web.page.evaluate(() => window.switchboardApp.sendChat('still here'));
+  await until(() => cli.stdout.includes('Web: still here'), { timeout: 10000, what: 'chat at the CLI' }).catch((e) => assert.fail(fail(e.message)));
+  cli.proc.stdin.end();
+  await cli.wait();
 });
