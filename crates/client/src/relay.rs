@@ -7,7 +7,7 @@
 //!
 //! TURN REST credentials expire. [`TurnAlloc::set_credentials`] switches to fresh ones: a Refresh with them
 //! goes out at once, and if the server accepts it every later request (Refresh, ChannelBind) uses them. A
-//! server that binds an allocation to the username it was created with (RFC 8656 §5; ours does)
+//! server that binds an allocation to the username it was created with (RFC 8656 §5; ours and coturn 4.6.1 do)
 //! answers 441: the allocation then keeps its old credentials and reports
 //! [`TurnEvent::RenewalRefused`] so the owner can replace it with a new allocation before they expire.
 
