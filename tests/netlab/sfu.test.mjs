@@ -128,3 +128,34 @@ test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full 
     assert.ok(changes >= 2, `the SFU changed Bob's layer by bandwidth, down and up (${changes})`);
   });
 });
+
+test('(10) sfu room, UDP blocked at A and no TURN: Alice reaches the SFU over ICE-TCP, media both ways', { skip: skipReason || false, timeout: 120000 }, async (t) => {
+  await withLab(t, 'sfu-tcp', { a: { nat: 'eim', udpBlock: true }, b: { nat: 'eim' }, turn: false, env: SFU_ENV }, async ({ lab }) => {
+    assert.ok(lab.server.listening['sfu-tcp'], `the SFU listens on TCP too: ${JSON.stringify(lab.server.listening)}`);
+    const alice = await lab.join('a', 'tcp-room', 'Alice');
+    const bob = await lab.join('b', 'tcp-room', 'Bob');
+    const pair = (p) => p.page.evaluate(async () => {
+      let out = null;
+      const stats = await window.switchboardApp.room.sfu.pc.getStats();
+      stats.forEach((t) => {
+        if (t.type !== 'transport' || !t.selectedCandidatePairId) return;
+        const s = stats.get(t.selectedCandidatePairId);
+        const l = stats.get(s.localCandidateId);
+        const r = stats.get(s.remoteCandidateId);
+        out = { local: `${l.candidateType}/${l.protocol}`, remote: `${r.candidateType}/${r.protocol} ${r.address}:${r.port}` };
+      });
+      return out;
+    });
+    for (const [p, other] of [[alice, bob], [bob, alice]]) {
+      await until(async () => {
+        const s = (await p.page.evaluate(async () => window.switchboardApp.room.getStats()))[other.id];
+        return s && s.video.framesDecoded > 10 && s.audio.totalSamplesReceived > 0;
+      }, { timeout: 45000, interval: 500, what: `${p.name} decoding ${other.name} through the SFU` });
+    }
+    const a = await pair(alice);
+    const b = await pair(bob);
+    lab.note(`Alice's pair to the SFU: ${JSON.stringify(a)}; Bob's: ${JSON.stringify(b)}`);
+    assert.match(a.remote, /^host\/tcp /, 'Alice uses the SFU\'s TCP candidate');
+    assert.match(b.remote, /^host\/udp /, 'Bob (UDP allowed) still uses UDP');
+  });
+});

@@ -16,11 +16,12 @@ use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
-use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::net::{DatagramRecv, Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::data::{self, DataOut, Sent};
 use crate::simulcast::{self, Admit, LayerState, Layers, LossEstimator};
+use crate::tcp::TcpEvent;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -636,6 +637,10 @@ pub(crate) struct Engine {
     destination: SocketAddr,
     candidates: Vec<Candidate>,
     rx: Option<mpsc::UnboundedReceiver<Command>>,
+    /// ICE-TCP: packets from the TCP side, the address of our TCP candidate, each connection's outbox.
+    tcp_rx: Option<mpsc::Receiver<TcpEvent>>,
+    tcp_destination: Option<SocketAddr>,
+    tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     clients: HashMap<ClientId, Client>,
     next_id: ClientId,
     by_addr: HashMap<SocketAddr, ClientId>,
@@ -674,12 +679,28 @@ impl Engine {
         public: Vec<SocketAddr>,
         rx: mpsc::UnboundedReceiver<Command>,
         config: &crate::SfuConfig,
+        tcp: Option<(u16, mpsc::Receiver<TcpEvent>)>,
     ) -> Result<Engine, String> {
         let mut candidates = Vec::new();
         for a in &public {
             candidates.push(
                 Candidate::host(*a, "udp").map_err(|e| format!("bad host candidate {a}: {e}"))?,
             );
+        }
+        // ICE-TCP: a passive TCP candidate per public address, for clients without UDP.
+        let tcp_port = tcp.as_ref().map(|(port, _)| *port);
+        if let Some(port) = tcp_port {
+            for a in &public {
+                let addr = SocketAddr::new(a.ip(), port);
+                candidates.push(
+                    Candidate::builder()
+                        .tcp()
+                        .host(addr)
+                        .tcptype(TcpType::Passive)
+                        .build()
+                        .map_err(|e| format!("bad TCP host candidate {addr}: {e}"))?,
+                );
+            }
         }
         let destination = if public.contains(&local) {
             local
@@ -691,6 +712,9 @@ impl Engine {
             destination,
             candidates,
             rx: Some(rx),
+            tcp_destination: tcp_port.map(|port| SocketAddr::new(destination.ip(), port)),
+            tcp_rx: tcp.map(|(_, rx)| rx),
+            tcp_conns: HashMap::new(),
             clients: HashMap::new(),
             next_id: 1,
             by_addr: HashMap::new(),
@@ -722,6 +746,7 @@ impl Engine {
         };
         let socket = self.socket.clone();
         let mut buf = vec![0u8; RECV_BUF];
+        let mut tcp_rx = self.tcp_rx.take();
         loop {
             let now = Instant::now();
             let next = self
@@ -734,11 +759,19 @@ impl Engine {
                 .max(now + Duration::from_millis(1));
             enum Wake {
                 Udp(std::io::Result<(usize, SocketAddr)>),
+                Tcp(Option<TcpEvent>),
                 Cmd(Option<Command>),
                 Timer,
             }
+            let tcp_next = async {
+                match tcp_rx.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             let wake = tokio::select! {
                 r = socket.recv_from(&mut buf) => Wake::Udp(r),
+                e = tcp_next => Wake::Tcp(e),
                 c = rx.recv() => Wake::Cmd(c),
                 _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
             };
@@ -757,6 +790,11 @@ impl Engine {
                     }
                 }
                 Wake::Udp(Err(e)) => debug!("SFU socket receive error: {e}"),
+                Wake::Tcp(Some(ev)) => {
+                    self.on_tcp(ev, Instant::now());
+                    self.drain();
+                }
+                Wake::Tcp(None) => tcp_rx = None,
                 Wake::Cmd(Some(c)) => self.on_command(c, Instant::now()),
                 Wake::Cmd(None) => {
                     info!("SFU engine stopping");
@@ -869,7 +907,34 @@ impl Engine {
         self.scratch = due;
     }
 
+    fn on_tcp(&mut self, ev: TcpEvent, now: Instant) {
+        match ev {
+            TcpEvent::Opened(addr, out) => {
+                self.tcp_conns.insert(addr, out);
+            }
+            TcpEvent::Packet(addr, data) => {
+                if let Some(dest) = self.tcp_destination {
+                    self.on_packet(&data, addr, Protocol::Tcp, dest, now);
+                }
+            }
+            TcpEvent::Closed(addr) => {
+                self.tcp_conns.remove(&addr);
+            }
+        }
+    }
+
     fn on_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
+        self.on_packet(data, source, Protocol::Udp, self.destination, now);
+    }
+
+    fn on_packet(
+        &mut self,
+        data: &[u8],
+        source: SocketAddr,
+        proto: Protocol,
+        destination: SocketAddr,
+        now: Instant,
+    ) {
         let Ok(contents) = DatagramRecv::try_from(data) else {
             trace!(%source, "not a WebRTC datagram");
             return;
@@ -882,9 +947,9 @@ impl Engine {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.destination,
+                destination,
                 contents,
             },
         );
@@ -961,7 +1026,15 @@ impl Engine {
                     return;
                 }
                 Ok(Output::Transmit(t)) => {
-                    if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                    if t.proto == Protocol::Tcp {
+                        let sent = self
+                            .tcp_conns
+                            .get(&t.destination)
+                            .is_some_and(|out| out.try_send(t.contents.to_vec()).is_ok());
+                        if !sent {
+                            trace!(dest = %t.destination, "SFU TCP send dropped");
+                        }
+                    } else if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
                         trace!(dest = %t.destination, "SFU send dropped: {e}");
                     }
                 }

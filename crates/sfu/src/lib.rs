@@ -27,6 +27,7 @@ mod data;
 mod engine;
 mod simulcast;
 mod stun;
+mod tcp;
 mod whip;
 
 pub use stun::stun_local_ufrag;
@@ -46,6 +47,9 @@ pub struct SfuConfig {
     pub udp_port: u16,
     /// Addresses advertised as host candidates (default: `listen-ip`, when it is not unspecified).
     pub public_ip: Vec<IpAddr>,
+    /// ICE over TCP (RFC 6544): also listen on TCP (the UDP port's number, else a free one) and advertise a
+    /// passive TCP candidate, for clients whose network lets no UDP out.
+    pub ice_tcp: bool,
     /// Estimate each subscriber's downlink (loss in its receiver reports, bounded by REMB) and cap its
     /// simulcast layers by it.
     pub bandwidth_estimation: bool,
@@ -65,6 +69,7 @@ impl Default for SfuConfig {
             listen_ip: IpAddr::from([127, 0, 0, 1]),
             udp_port: DEFAULT_UDP_PORT,
             public_ip: Vec::new(),
+            ice_tcp: true,
             bandwidth_estimation: true,
             drop_silent_audio_above: 8,
             media_timeout_secs: 30,
@@ -107,6 +112,7 @@ fn socket_buffers(socket: &tokio::net::UdpSocket) {
 /// A running SFU.
 pub struct Sfu {
     udp: SocketAddr,
+    tcp: Option<SocketAddr>,
     tx: mpsc::UnboundedSender<engine::Command>,
 }
 
@@ -154,16 +160,47 @@ impl Sfu {
             .map(|ip| SocketAddr::new(*ip, udp.port()))
             .collect();
         let (tx, rx) = mpsc::unbounded_channel();
-        let engine =
-            engine::Engine::new(socket, udp, candidates, rx, &config).map_err(SfuError::Config)?;
+        let mut tcp = None;
+        let mut tcp_addr = None;
+        if config.ice_tcp {
+            let listener =
+                match tokio::net::TcpListener::bind(SocketAddr::new(config.listen_ip, udp.port()))
+                    .await
+                {
+                    Ok(l) => Ok(l),
+                    Err(_) => {
+                        tokio::net::TcpListener::bind(SocketAddr::new(config.listen_ip, 0)).await
+                    }
+                };
+            match listener.and_then(|l| Ok((l.local_addr()?, l))) {
+                Ok((addr, listener)) => {
+                    let (ev_tx, ev_rx) = mpsc::channel(4096);
+                    tokio::spawn(tcp::accept_loop(listener, ev_tx));
+                    tcp = Some((addr.port(), ev_rx));
+                    tcp_addr = Some(addr);
+                }
+                Err(e) => tracing::warn!("SFU ICE-TCP disabled: cannot listen on TCP: {e}"),
+            }
+        }
+        let engine = engine::Engine::new(socket, udp, candidates, rx, &config, tcp)
+            .map_err(SfuError::Config)?;
         tokio::spawn(engine.run());
-        tracing::info!(%udp, "SFU started");
-        Ok(Arc::new(Sfu { udp, tx }))
+        tracing::info!(%udp, tcp = ?tcp_addr, "SFU started");
+        Ok(Arc::new(Sfu {
+            udp,
+            tcp: tcp_addr,
+            tx,
+        }))
     }
 
     /// The bound media UDP address.
     pub fn udp_addr(&self) -> SocketAddr {
         self.udp
+    }
+
+    /// The ICE-TCP listening address (`ice-tcp`), if it is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
     }
 
     /// WHIP/WHEP routes. `verify` checks a bearer token and returns its claims.

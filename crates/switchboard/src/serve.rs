@@ -196,6 +196,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("cannot start the SFU (set sfu.enabled = false to run without it)")?;
         println!("listening sfu-udp {}", sfu.udp_addr());
+        if let Some(tcp) = sfu.tcp_addr() {
+            println!("listening sfu-tcp {tcp}");
+        }
         signal.hub().set_media_server(sfu.clone());
         app = app.merge(sfu.router(keys));
     }
