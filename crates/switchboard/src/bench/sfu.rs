@@ -326,6 +326,10 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
     let me = std::process::id();
     let gen_cpu0 = stats::cpu_seconds(me)?;
     let cpu0 = args.server_pid.map(stats::cpu_seconds).transpose()?;
+    let wait0 = args
+        .server_pid
+        .map(stats::runqueue_wait_seconds)
+        .transpose()?;
     let t0 = Instant::now();
     shared
         .window_start
@@ -334,6 +338,10 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
     shared.window_end.store(shared.now_ns(), Ordering::Relaxed);
     let window = t0.elapsed().as_secs_f64();
     let cpu1 = args.server_pid.map(stats::cpu_seconds).transpose()?;
+    let wait1 = args
+        .server_pid
+        .map(stats::runqueue_wait_seconds)
+        .transpose()?;
     let gen_cpu1 = stats::cpu_seconds(me)?;
     let rss_after = args.server_pid.map(stats::rss_bytes).transpose()?;
     // Frames stamped inside the window still in flight.
@@ -367,6 +375,7 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         }
     };
     let server_cpu = cpu0.zip(cpu1).map(|(a, b)| b - a);
+    let server_wait = wait0.zip(wait1).map(|(a, b)| (b - a).max(0.0));
     let gen_cpu = gen_cpu1 - gen_cpu0;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let out = json!({
@@ -395,6 +404,9 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         "forwarded_mbps": round(recv.frames_received as f64 * frame_bytes as f64 * 8.0 / window / 1e6, 2),
         "server_cpu_s": server_cpu.map(|v| round(v, 2)),
         "server_cpu_pct": server_cpu.map(|v| round(100.0 * v / window, 1)),
+        "server_runqueue_wait_s": server_wait.map(|v| round(v, 2)),
+        "server_runqueue_wait_pct": server_wait.map(|v| round(100.0 * v / window, 1)),
+        "load_average": std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())),
         "forwarded_pkts_per_cpu_s": server_cpu.filter(|c| *c > 0.0).map(|c| round(recv.packets_received as f64 / c, 0)),
         "latency_p50_ms": ms(50.0).map(|v| round(v, 3)),
         "latency_p99_ms": ms(99.0).map(|v| round(v, 3)),

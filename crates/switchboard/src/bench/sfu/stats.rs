@@ -67,6 +67,27 @@ pub fn parse_stat_cpu(stat: &str) -> anyhow::Result<f64> {
     Ok((utime + stime) as f64 / CLOCK_TICKS)
 }
 
+/// Seconds the threads of a process have spent runnable but waiting for a CPU (the second field of
+/// `/proc/<pid>/task/<tid>/schedstat`, summed over the threads alive now). On a busy machine this shows a
+/// server starved by the scheduler rather than slow.
+pub fn runqueue_wait_seconds(pid: u32) -> anyhow::Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns: u64 = 0;
+    for t in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = t?.path().join("schedstat");
+        // A thread may exit between listing and reading.
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            ns += parse_schedstat_wait(&s).unwrap_or(0);
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// The run-queue wait (ns) of a `schedstat` line: `<on-cpu ns> <waiting ns> <timeslices>`.
+pub fn parse_schedstat_wait(line: &str) -> Option<u64> {
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Resident set size of a process in bytes, from `VmRSS` in `/proc/<pid>/status`.
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -107,6 +128,13 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         assert!(rss_bytes(pid).unwrap() > 1024 * 1024);
+    }
+
+    #[test]
+    fn schedstat_wait_is_the_second_field() {
+        assert_eq!(parse_schedstat_wait("123 456 7\n"), Some(456));
+        assert_eq!(parse_schedstat_wait("123"), None);
+        assert!(runqueue_wait_seconds(std::process::id()).unwrap() >= 0.0);
     }
 
     #[test]
