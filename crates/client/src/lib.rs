@@ -9,7 +9,9 @@
 //! URLs: UDP first, then TCP, then TLS (`turns:`, certificate checked against the Mozilla roots and
 //! [`RoomOptions::extra_ca_pem`]) when the previous one fails), trickled to the peer as they are gathered.
 //! TURN credentials are time-limited: fresh ones pushed by the server (`ice_servers` message) are used for
-//! the following requests on every allocation, so a call outlives its credentials. [`RoomOptions::relay_only`] is the
+//! the following requests on every allocation, or — when the TURN server keeps an allocation on its first
+//! username (441) — a new allocation on them replaces the old one before it expires (its candidate is
+//! trickled, then an ICE restart drops the old one), so a call outlives its credentials. [`RoomOptions::relay_only`] is the
 //! browser's `iceTransportPolicy: "relay"`; [`RoomOptions::ice_servers_override`] replaces the server's list
 //! (e.g. with an external coturn).
 //!
