@@ -139,6 +139,36 @@ fn authorize(
     Ok(())
 }
 
+/// Checks the request's token (see [`authorize`]), then its body: of type `content_type`, at most [`MAX_SDP`]
+/// bytes, UTF-8. The error status and message otherwise.
+fn checked_body<'b>(
+    st: &WhipState,
+    headers: &HeaderMap,
+    room: &str,
+    kind: HttpKind,
+    body: &'b [u8],
+    content_type: &str,
+) -> Result<&'b str, (StatusCode, String)> {
+    authorize(&st.keys, headers, room, kind)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.trim().to_ascii_lowercase().starts_with(content_type) {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected Content-Type: {content_type}"),
+        ));
+    }
+    if body.len() > MAX_SDP {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_SDP} bytes"),
+        ));
+    }
+    std::str::from_utf8(body).map_err(|_| (StatusCode::BAD_REQUEST, "the body is not UTF-8".into()))
+}
+
 async fn create_session(
     kind: HttpKind,
     State(st): State<WhipState>,
@@ -146,31 +176,9 @@ async fn create_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err((status, msg)) = authorize(&st.keys, &headers, &room, kind) {
-        return error(status, msg);
-    }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .trim()
-        .to_ascii_lowercase()
-        .starts_with("application/sdp")
-    {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected Content-Type: application/sdp",
-        );
-    }
-    if body.len() > MAX_SDP {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("SDP offer over {MAX_SDP} bytes"),
-        );
-    }
-    let Ok(offer) = String::from_utf8(body.to_vec()) else {
-        return error(StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8");
+    let offer = match checked_body(&st, &headers, &room, kind, &body, "application/sdp") {
+        Ok(text) => text.to_owned(),
+        Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
     let cmd = Command::HttpOffer {
@@ -278,31 +286,16 @@ async fn patch_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err((status, msg)) = authorize(&st.keys, &headers, &room, kind) {
-        return error(status, msg);
-    }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .trim()
-        .to_ascii_lowercase()
-        .starts_with("application/trickle-ice-sdpfrag")
-    {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected Content-Type: application/trickle-ice-sdpfrag",
-        );
-    }
-    if body.len() > MAX_SDP {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("SDP fragment over {MAX_SDP} bytes"),
-        );
-    }
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return error(StatusCode::BAD_REQUEST, "the SDP fragment is not UTF-8");
+    let text = match checked_body(
+        &st,
+        &headers,
+        &room,
+        kind,
+        &body,
+        "application/trickle-ice-sdpfrag",
+    ) {
+        Ok(text) => text,
+        Err((status, msg)) => return error(status, msg),
     };
     let (reply, rx) = oneshot::channel();
     let cmd = Command::HttpPatch {
