@@ -73,3 +73,17 @@ export async function mediaFromAll(page, ids, timeout = 30000) {
     }
   }, { ids, timeout });
 }
+
+/** Starts a server with extra environment (e.g. `{SWITCHBOARD_SFU_MEDIA_TIMEOUT_SECS: '3'}`) for this server only. */
+export async function startServerWith(h, env) {
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    return await h.startServer();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}

@@ -8,7 +8,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { Harness, waitForMediaFrom, httpGet, until } from '../e2e/lib/harness.mjs';
-import { joinSdk, metric } from './lib.mjs';
+import { joinSdk, metric, startServerWith } from './lib.mjs';
 
 const h = new Harness();
 after(() => h.close());
@@ -17,16 +17,11 @@ process.env.SWITCHBOARD_SFU_ENABLED = 'true';
 
 test('a participant whose SFU media path dies is removed from the SFU after media-timeout-secs; the others drop its tracks', { timeout: 120000 }, async () => {
   process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'sfu';
-  process.env.SWITCHBOARD_SFU_MEDIA_TIMEOUT_SECS = '3';
-  // Long enough that the room does not end Bob's membership first (his socket died too).
-  process.env.SWITCHBOARD_ROOMS_RECONNECT_GRACE_SECS = '60';
-  let server;
-  try {
-    server = await h.startServer();
-  } finally {
-    delete process.env.SWITCHBOARD_SFU_MEDIA_TIMEOUT_SECS;
-    delete process.env.SWITCHBOARD_ROOMS_RECONNECT_GRACE_SECS;
-  }
+  const server = await startServerWith(h, {
+    SWITCHBOARD_SFU_MEDIA_TIMEOUT_SECS: '3',
+    // Long enough that the room does not end Bob's membership first (his socket died too).
+    SWITCHBOARD_ROOMS_RECONNECT_GRACE_SECS: '60',
+  });
   const browser = await h.launchBrowser();
   const alice = await joinSdk(browser, server, 'lifecycle', 'Alice');
   const ownBrowsers = () => execFileSync('ps', ['-o', 'pid=,comm=', '--ppid', String(process.pid)], { encoding: 'utf8' })

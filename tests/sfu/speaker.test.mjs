@@ -10,7 +10,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Harness, waitForMediaFrom, mediaGrowth, mediaCounters, httpGet, sleep, until } from '../e2e/lib/harness.mjs';
-import { joinSdk, metric } from './lib.mjs';
+import { joinSdk, metric, startServerWith } from './lib.mjs';
 
 const h = new Harness();
 after(() => h.close());
@@ -50,13 +50,7 @@ test('active speaker: the unmuted participant is announced to everyone, and the 
 
 test('a room above drop-silent-audio-above: muted participants\' silent audio is not forwarded, the speaker\'s is', { timeout: 150000 }, async () => {
   process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'sfu';
-  process.env.SWITCHBOARD_SFU_DROP_SILENT_AUDIO_ABOVE = '2';
-  let server;
-  try {
-    server = await h.startServer();
-  } finally {
-    delete process.env.SWITCHBOARD_SFU_DROP_SILENT_AUDIO_ABOVE;
-  }
+  const server = await startServerWith(h, { SWITCHBOARD_SFU_DROP_SILENT_AUDIO_ABOVE: '2' });
   const browser = await h.launchBrowser();
   const ps = [];
   for (const name of ['Alice', 'Bob', 'Carol']) {
