@@ -745,7 +745,16 @@ impl<R: Clone> Core<R> {
                 return Ok(Err(Rejected));
             }
         };
-        let Some(mut key) = self.key_for(username, sha256_key, now) else {
+        // Time-limited (REST) credentials are checked for expiry when an allocation is made; the allocation then
+        // lives on them (refreshes, permissions, channels), as with coturn: a browser keeps the credentials it
+        // allocated with, so refusing them later would end every call longer than the credentials' lifetime.
+        let existing = msg.method() != Method::ALLOCATE
+            && self
+                .by_ft
+                .get(&ft)
+                .and_then(|id| self.allocs.get(id))
+                .is_some_and(|a| a.username == username);
+        let Some(mut key) = self.key_for(username, sha256_key, now, existing) else {
             auth_failure("unknown_user");
             self.challenge(now, ft, msg, out, 401, "Unauthorized")?;
             return Ok(Err(Rejected));
@@ -781,8 +790,15 @@ impl<R: Clone> Core<R> {
         seal(w, None, msg.has(attr_type::FINGERPRINT))
     }
 
-    /// Long-term key of `username` for the MD5 or SHA-256 password algorithm.
-    fn key_for(&self, username: &str, sha256: bool, now: Instant) -> Option<Key> {
+    /// Long-term key of `username` for the MD5 or SHA-256 password algorithm; time-limited credentials past
+    /// their expiry only when `allow_expired` (requests on the allocation made with them).
+    fn key_for(
+        &self,
+        username: &str,
+        sha256: bool,
+        now: Instant,
+        allow_expired: bool,
+    ) -> Option<Key> {
         let md5 = |k: &[u8; 16]| {
             let mut bytes = [0u8; 32];
             bytes[..16].copy_from_slice(k);
@@ -809,7 +825,7 @@ impl<R: Clone> Core<R> {
         let expiry: u64 = expiry.parse().ok()?;
         let wall = self.wall_epoch + now.saturating_duration_since(self.epoch);
         let wall = wall.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        if expiry < wall {
+        if expiry < wall && !allow_expired {
             auth_failure("expired_credentials");
             return None;
         }
@@ -1640,6 +1656,74 @@ mod tests {
                 _ => panic!("send indication not relayed"),
             }
         }
+    }
+
+    #[test]
+    fn expired_rest_credentials_keep_their_allocation_but_make_no_new_one() {
+        let (mut core, t0) = core(50000, 50010);
+        core.cfg.auth_secret = Some("s3cret".into());
+        let wall = SystemTime::now();
+        core.set_wall_epoch(wall);
+        let expiry = wall.duration_since(UNIX_EPOCH).expect("wall").as_secs() + 100;
+        let user = format!("{expiry}:alice");
+        let key = long_term_key(&user, "r", &rest_password("s3cret", &user));
+        let signed = |method: Method, nonce: &str, tid: u8| {
+            let mut buf = Vec::new();
+            let mut w = MessageWriter::new(
+                &mut buf,
+                MessageType::new(method, Class::Request),
+                TransactionId([tid; 12]),
+            );
+            if method == Method::ALLOCATE {
+                w.add_requested_transport(17).expect("rt");
+            }
+            w.add_username(&user).expect("u");
+            w.add_realm("r").expect("r");
+            w.add_nonce(nonce).expect("n");
+            w.add_message_integrity(&key).expect("mi");
+            buf
+        };
+        let mut out = Vec::new();
+        let n = nonce(&mut core, t0, &mut out);
+        assert_eq!(
+            run(
+                &mut core,
+                t0,
+                ft(),
+                &signed(Method::ALLOCATE, &n, 1),
+                &mut out
+            ),
+            (None, true)
+        );
+        // 200 s later the credentials have expired (the allocation has not: 600 s).
+        let t1 = t0 + Duration::from_secs(200);
+        let n = nonce(&mut core, t1, &mut out);
+        assert_eq!(
+            run(
+                &mut core,
+                t1,
+                ft(),
+                &signed(Method::REFRESH, &n, 2),
+                &mut out
+            )
+            .0,
+            None,
+            "the allocation made with them is refreshed"
+        );
+        let mut other = ft();
+        other.client.set_port(5002);
+        assert_eq!(
+            run(
+                &mut core,
+                t1,
+                other,
+                &signed(Method::ALLOCATE, &n, 3),
+                &mut out
+            )
+            .0,
+            Some(401),
+            "no new allocation on expired credentials"
+        );
     }
 
     fn nonce(core: &mut Core<u16>, now: Instant, out: &mut Vec<u8>) -> String {
