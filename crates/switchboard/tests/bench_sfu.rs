@@ -1,66 +1,21 @@
 //! `switchboard bench sfu` against a real `switchboard serve` (debug build, loopback, free ports, `sfu` rooms):
 //! one publisher, three subscribers, three seconds; every subscriber must get the publisher's frames.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_switchboard")
-}
-
-fn serve_sfu() -> Server {
-    let mut child = Command::new(bin())
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--no-turn",
-            "--sfu-port",
-            "0",
-        ])
-        .env("RUST_LOG", "warn")
-        .env("SWITCHBOARD_ROOMS_DEFAULT_MODE", "sfu")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn switchboard serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read stdout");
-        if let Some(url) = line.strip_prefix("listening http ") {
-            break url.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
-}
+mod common;
+use common::{bin, serve};
 
 #[test]
 fn bench_sfu_one_publisher_reaches_three_subscribers_without_loss() {
-    let server = serve_sfu();
+    let server = serve(&[("SWITCHBOARD_ROOMS_DEFAULT_MODE", "sfu")], &[]);
     let pid = server.child.id().to_string();
     let out = Command::new(bin())
         .args([
             "bench",
             "sfu",
             "--url",
-            &server.base,
+            &server.addr,
             "--subscribers",
             "3",
             "--duration",

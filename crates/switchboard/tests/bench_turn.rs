@@ -1,67 +1,35 @@
 //! Cross-process tests of `switchboard bench turn` against a real `switchboard turn` process on loopback.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
-struct Server {
-    child: Child,
-    udp: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_switchboard")
-}
+mod common;
+use common::{bin, start, Server};
 
 /// Starts `switchboard turn` on a free port; waits for its `listening turn-udp` line.
 fn turn_server(auth: &[&str]) -> Server {
-    let mut child = Command::new(bin())
-        .args([
-            "turn",
-            "--listening-ip",
-            "127.0.0.1",
-            "--listening-port",
-            "0",
-            "--relay-ip",
-            "127.0.0.1",
-            "--realm",
-            "bench",
-            "--allowed-peer-ip",
-            "127.0.0.1",
-            "--min-port",
-            "40000",
-            "--max-port",
-            "60000",
-            "--relay-threads",
-            "2",
-        ])
-        .args(auth)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn switchboard turn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let udp = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read stdout");
-        if let Some(a) = line.strip_prefix("listening turn-udp ") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, udp }
+    let mut args = vec![
+        "turn",
+        "--listening-ip",
+        "127.0.0.1",
+        "--listening-port",
+        "0",
+        "--relay-ip",
+        "127.0.0.1",
+        "--realm",
+        "bench",
+        "--allowed-peer-ip",
+        "127.0.0.1",
+        "--min-port",
+        "40000",
+        "--max-port",
+        "60000",
+        "--relay-threads",
+        "2",
+    ];
+    args.extend_from_slice(auth);
+    start(&args, &[], "turn-udp")
 }
 
 fn bench(args: &[&str]) -> Output {
@@ -89,7 +57,7 @@ fn fixed_rate_run_relays_every_message_through_switchboard_turn() {
     let pid = s.child.id().to_string();
     let out = bench(&[
         "--server",
-        &s.udp,
+        &s.addr,
         "--user",
         "alice",
         "--password",
@@ -126,7 +94,7 @@ fn saturating_run_with_rest_credentials_relays_without_loss() {
     let s = turn_server(&["--static-auth-secret", "bench-secret"]);
     let out = bench(&[
         "--server",
-        &s.udp,
+        &s.addr,
         "--static-auth-secret",
         "bench-secret",
         "--allocations",
@@ -153,7 +121,7 @@ fn wrong_password_fails_with_the_servers_refusal() {
     let s = turn_server(&["--user", "alice:secret"]);
     let out = bench(&[
         "--server",
-        &s.udp,
+        &s.addr,
         "--password",
         "wrong",
         "--allocations",

@@ -1,7 +1,6 @@
 //! Cross-process tests of `switchboard serve`'s signaling: a real server process, real WebSocket clients.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,55 +10,8 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_switchboard")
-}
-
-/// Starts `switchboard serve` on a free port with extra env; waits for its `listening http` line.
-fn serve(env: &[(&str, &str)], args: &[&str]) -> Server {
-    let mut cmd = Command::new(bin());
-    cmd.args([
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--no-turn",
-        "--sfu-port",
-        "0",
-    ])
-    .args(args)
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn switchboard");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read stdout");
-        if let Some(url) = line.strip_prefix("listening http ") {
-            break url.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
-}
+mod common;
+use common::{bin, serve};
 
 async fn http_get(url: &str) -> (u16, String) {
     // A tiny HTTP/1.0 GET, enough for our own server.
@@ -148,9 +100,9 @@ async fn join(base: &str, room: &str, name: &str) -> (Ws, Value) {
 #[tokio::test]
 async fn offers_are_relayed_only_within_a_room() {
     let s = serve(&[], &[]);
-    let (mut a, ja) = join(&s.base, "r1", "a").await;
-    let (mut b, jb) = join(&s.base, "r1", "b").await;
-    let (mut c, jc) = join(&s.base, "r2", "c").await;
+    let (mut a, ja) = join(&s.addr, "r1", "a").await;
+    let (mut b, jb) = join(&s.addr, "r1", "b").await;
+    let (mut c, jc) = join(&s.addr, "r2", "c").await;
     let a_id = ja["participant"]["id"].as_str().unwrap().to_string();
     let b_id = jb["participant"]["id"].as_str().unwrap().to_string();
     let c_id = jc["participant"]["id"].as_str().unwrap().to_string();
@@ -178,10 +130,10 @@ async fn offers_are_relayed_only_within_a_room() {
 #[tokio::test]
 async fn room_full_refuses_the_extra_participant() {
     let s = serve(&[("SWITCHBOARD_ROOMS_MAX_PARTICIPANTS", "2")], &[]);
-    let (_a, _) = join(&s.base, "full", "a").await;
-    let (_b, _) = join(&s.base, "full", "b").await;
-    let token = dev_token(&s.base, "full", "c").await;
-    let mut c = connect(&s.base).await;
+    let (_a, _) = join(&s.addr, "full", "a").await;
+    let (_b, _) = join(&s.addr, "full", "b").await;
+    let token = dev_token(&s.addr, "full", "c").await;
+    let mut c = connect(&s.addr).await;
     send(
         &mut c,
         json!({"type": "join", "token": token, "protocol": 1}),
@@ -201,7 +153,7 @@ async fn flooding_gets_rate_limited_then_disconnected() {
         ],
         &[],
     );
-    let (mut a, _) = join(&s.base, "flood", "a").await;
+    let (mut a, _) = join(&s.addr, "flood", "a").await;
     for i in 0..40 {
         // The server may close before we finish sending.
         if a.send(Message::text(json!({"type":"ping","ts":i}).to_string()))
@@ -228,13 +180,13 @@ async fn flooding_gets_rate_limited_then_disconnected() {
 #[tokio::test]
 async fn join_deadline_and_wrong_protocol_close_the_socket() {
     let s = serve(&[("SWITCHBOARD_LIMITS_JOIN_TIMEOUT_SECS", "1")], &[]);
-    let mut idle = connect(&s.base).await;
+    let mut idle = connect(&s.addr).await;
     let t0 = std::time::Instant::now();
     assert!(recv(&mut idle).await.is_none());
     assert!(t0.elapsed() < Duration::from_secs(5));
 
-    let token = dev_token(&s.base, "r", "a").await;
-    let mut ws = connect(&s.base).await;
+    let token = dev_token(&s.addr, "r", "a").await;
+    let mut ws = connect(&s.addr).await;
     send(
         &mut ws,
         json!({"type": "join", "token": token, "protocol": 2}),
@@ -276,12 +228,12 @@ async fn token_minted_by_the_cli_is_accepted_and_its_grants_reported() {
     let s = serve(&[], &["-c", cfg.to_str().unwrap()]);
     // No dev endpoint outside dev mode.
     assert_eq!(
-        http_get(&format!("{}/dev/token?room=x&name=y", s.base))
+        http_get(&format!("{}/dev/token?room=x&name=y", s.addr))
             .await
             .0,
         404
     );
-    let mut ws = connect(&s.base).await;
+    let mut ws = connect(&s.addr).await;
     send(
         &mut ws,
         json!({"type": "join", "token": token, "protocol": 1}),
@@ -299,7 +251,7 @@ async fn token_minted_by_the_cli_is_accepted_and_its_grants_reported() {
         .output()
         .expect("run token");
     let dev = String::from_utf8(dev.stdout).unwrap().trim().to_string();
-    let mut ws = connect(&s.base).await;
+    let mut ws = connect(&s.addr).await;
     send(
         &mut ws,
         json!({"type": "join", "token": dev, "protocol": 1}),
@@ -323,14 +275,14 @@ fn dev_mode_refuses_a_non_loopback_listener() {
 async fn health_metrics_and_embedded_app_are_served() {
     let s = serve(&[], &[]);
     assert_eq!(
-        http_get(&format!("{}/healthz", s.base)).await,
+        http_get(&format!("{}/healthz", s.addr)).await,
         (200, "ok".into())
     );
-    let (st, page) = http_get(&format!("{}/room/demo", s.base)).await;
+    let (st, page) = http_get(&format!("{}/room/demo", s.addr)).await;
     assert_eq!(st, 200);
     assert!(page.contains("<html") || page.contains("<!doctype") || page.contains("<!DOCTYPE"));
-    let (_a, _) = join(&s.base, "m", "a").await;
-    let (st, metrics) = http_get(&format!("{}/metrics", s.base)).await;
+    let (_a, _) = join(&s.addr, "m", "a").await;
+    let (st, metrics) = http_get(&format!("{}/metrics", s.addr)).await;
     assert_eq!(st, 200);
     assert!(metrics.contains("signal_participants 1"), "{metrics}");
 }
@@ -338,7 +290,7 @@ async fn health_metrics_and_embedded_app_are_served() {
 #[test]
 fn self_signed_tls_serves_https() {
     let s = serve(&[], &["--tls", "self-signed"]);
-    assert!(s.base.starts_with("https://"), "{}", s.base);
+    assert!(s.addr.starts_with("https://"), "{}", s.addr);
     // curl is the independent TLS client here; -k because the certificate is self-signed.
     let out = Command::new("curl")
         .args([
@@ -348,7 +300,7 @@ fn self_signed_tls_serves_https() {
             "-w",
             " %{ssl_verify_result} %{http_version}",
         ])
-        .arg(format!("{}/healthz", s.base))
+        .arg(format!("{}/healthz", s.addr))
         .output()
         .expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -356,7 +308,7 @@ fn self_signed_tls_serves_https() {
     // Plain HTTP on the TLS port is not served.
     let plain = Command::new("curl")
         .args(["-s", "--max-time", "5"])
-        .arg(format!("{}/healthz", s.base.replace("https://", "http://")))
+        .arg(format!("{}/healthz", s.addr.replace("https://", "http://")))
         .output()
         .expect("curl runs");
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "ok");
