@@ -304,6 +304,22 @@ enum TurnIo {
     Tcp(mpsc::Sender<Vec<u8>>),
 }
 
+impl TurnIo {
+    /// Sends one message to the TURN server; a full socket or writer queue drops it, as a congested network
+    /// would.
+    fn send(&self, b: Vec<u8>) {
+        match self {
+            TurnIo::Udp(s) => {
+                let _ = s.try_send(&b);
+            }
+            TurnIo::Tcp(tx) => {
+                let _ = tx.try_send(b);
+            }
+            TurnIo::Pending => {}
+        }
+    }
+}
+
 /// One TURN allocation of this peer connection and its transport.
 struct TurnSlot {
     alloc: TurnAlloc,
@@ -786,16 +802,7 @@ impl Peer {
             return;
         };
         while let Some(b) = slot.alloc.poll_transmit() {
-            match &slot.io {
-                TurnIo::Udp(s) => {
-                    let _ = s.try_send(&b);
-                }
-                TurnIo::Tcp(tx) => {
-                    // A full writer queue drops the datagram, as a congested network would.
-                    let _ = tx.try_send(b);
-                }
-                TurnIo::Pending => {}
-            }
+            slot.io.send(b);
         }
     }
 
@@ -946,15 +953,7 @@ impl Peer {
         };
         slot.retire_at = None;
         if let Some(b) = slot.alloc.deallocate(now) {
-            match &slot.io {
-                TurnIo::Udp(s) => {
-                    let _ = s.try_send(&b);
-                }
-                TurnIo::Tcp(tx) => {
-                    let _ = tx.try_send(b);
-                }
-                TurnIo::Pending => {}
-            }
+            slot.io.send(b);
         }
         tracing::info!(peer = %self.remote_id, server = %slot.alloc.server, "replaced TURN allocation released");
         if let Some(c) = slot.candidate.take() {
