@@ -309,19 +309,23 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         }
     }
     let total = running.peers.len();
+    // Media starts once everybody is connected, so that joining (ICE, DTLS, renegotiation of hundreds of
+    // participants) does not compete with forwarding; then every receiver must get frames.
+    wait_until("every participant to connect", deadline, || {
+        let c = shared.connected.load(Ordering::Relaxed);
+        (c >= total, format!("{c}/{total} connected"))
+    })
+    .await?;
+    shared.media_on.store(true, Ordering::Relaxed);
     wait_until("every participant to receive media", deadline, || {
         let r = shared.receiving.load(Ordering::Relaxed);
-        let c = shared.connected.load(Ordering::Relaxed);
-        (
-            r >= receivers && c >= total,
-            format!("{c}/{total} connected, {r}/{receivers} receiving"),
-        )
+        (r >= receivers, format!("{r}/{receivers} receiving"))
     })
     .await?;
     let setup_s = started.elapsed().as_secs_f64();
     tracing::info!(setup_s, "every participant receives; measuring");
-    // Settle (keyframe bursts of the joins).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Settle (the first keyframe's burst, retransmissions of the start).
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let me = std::process::id();
     let gen_cpu0 = stats::cpu_seconds(me)?;

@@ -6,7 +6,7 @@
 //! one-way latency. Only frames stamped inside the measurement window count.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ pub struct Shared {
     pub connected: AtomicUsize,
     /// Participants that have received at least one stamped frame.
     pub receiving: AtomicUsize,
+    /// Publishers send media only once this is set (after every participant has connected).
+    pub media_on: AtomicBool,
     /// One DTLS certificate for every `Rtc` (generating one each would cost seconds of CPU at 500 peers).
     pub cert: Option<DtlsCert>,
 }
@@ -54,6 +56,7 @@ impl Shared {
             window_end: AtomicU64::new(u64::MAX),
             connected: AtomicUsize::new(0),
             receiving: AtomicUsize::new(0),
+            media_on: AtomicBool::new(false),
             cert: str0m::crypto::from_feature_flags()
                 .dtls_provider
                 .generate_certificate(),
@@ -388,7 +391,7 @@ impl Peer {
         let (Some(mid), Some(publisher)) = (self.video_mid, self.spec.publisher) else {
             return;
         };
-        if !self.connected {
+        if !self.connected || !self.shared.media_on.load(Ordering::Relaxed) {
             return;
         }
         let n = self.frame_no;
@@ -414,7 +417,7 @@ impl Peer {
         let (Some(mid), Some(publisher)) = (self.audio_mid, self.spec.publisher) else {
             return;
         };
-        if !self.connected {
+        if !self.connected || !self.shared.media_on.load(Ordering::Relaxed) {
             return;
         }
         let n = self.audio_no;
