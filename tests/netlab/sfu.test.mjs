@@ -27,7 +27,8 @@ async function video(page, pubId) {
 test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full one once the limit is lifted, frames decoding throughout', { skip: skipReason || false, timeout: 180000 }, async (t) => {
   await withLab(t, 'sfu-bwe', { a: { nat: 'eim' }, b: { nat: 'eim' }, turn: false, env: SFU_ENV }, async ({ lab }) => {
     const alice = await lab.join('a', 'bwe-room', 'Alice');
-    const bob = await lab.join('b', 'bwe-room', 'Bob');
+    // Bob only watches: less CPU on the 2-core lab host, so Alice's encoder keeps its full layer.
+    const bob = await lab.join('b', 'bwe-room', 'Bob', { publish: false });
     const layers = () => alice.page.evaluate(() => window.switchboardApp.room.sfu.pc.getSenders()
       .filter((s) => s.track?.kind === 'video').map((s) => s.getParameters().encodings.map((e) => e.rid)).flat());
     assert.deepEqual(await layers(), ['h', 'f'], 'Alice publishes simulcast: two layers from a 640x480 camera');
@@ -63,11 +64,20 @@ test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full 
       const s1 = await sent();
       const rate = (rid) => Math.round(((s1[rid] ?? 0) - (s0[rid] ?? 0)) * 8 / 2 / 1000);
       [hKbps, fKbps] = [rate('h'), rate('f')];
-      return fKbps > 1.5 * hKbps && fKbps > 300;
-    }, { timeout: 40000, interval: 0, what: 'Alice\'s full layer well above her half one' }).catch((err) => {
-      throw new Error(`${err.message}: h ${hKbps} kbit/s, f ${fKbps} kbit/s`);
+      return fKbps > 1.6 * hKbps && fKbps > 300;
+    }, { timeout: 60000, interval: 0, what: 'Alice\'s full layer well above her half one' }).catch(async (err) => {
+      const why = await alice.page.evaluate(async () => {
+        const r = [];
+        (await window.switchboardApp.room.sfu.pc.getStats()).forEach((x) => {
+          if (x.type === 'outbound-rtp' && x.kind === 'video') r.push(`${x.rid}: ${x.frameWidth}px ${x.framesPerSecond} fps, limited by ${x.qualityLimitationReason}`);
+          if (x.type === 'candidate-pair' && x.nominated) r.push(`available outgoing ${x.availableOutgoingBitrate} bit/s`);
+        });
+        return r.join('; ');
+      });
+      throw new Error(`${err.message}: h ${hKbps} kbit/s, f ${fKbps} kbit/s (${why})`);
     });
-    const limit = process.env.NETLAB_SFU_LIMIT || `${Math.round((hKbps + fKbps) / 2 + 60)}kbit`;
+    // A third of the way from h to f (+40 kbit/s for audio and RTCP): h fits, f is well over (≥ 20 % loss).
+    const limit = process.env.NETLAB_SFU_LIMIT || `${Math.round(hKbps + (fKbps - hKbps) / 3 + 40)}kbit`;
     lab.note(`Alice sends h at ${hKbps} kbit/s, f at ${fKbps} kbit/s: Bob's downlink limit ${limit}`);
     lab.note(`unthrottled: Bob (${bob.id}) decodes Alice (${alice.id}) at width ${full.width}`);
 
@@ -120,9 +130,9 @@ test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full 
     for (const l of lab.server.log.filter((x) => /downlink estimate|bandwidth caps|allocating/.test(x))) lab.note(`server: ${l.slice(11, 23)} ${l.replace(/^.*sfu::engine: /, '')}`);
     const widths = [...new Set(samples.map((s) => s.width))];
     lab.note(`${samples.length} samples, widths ${widths.join(', ')}, frames ${samples[0].frames} → ${samples.at(-1).frames}, longest stall ${worst} ms`);
-    // The one stall: from the limit until the SFU notices the loss (receiver reports come once a second) and the
-    // lower layer's keyframe arrives.
-    assert.ok(worst < 5000, `no decoding stall over 5 s (longest ${worst} ms)`);
+    // The one stall: from the limit until the SFU notices the loss (receiver reports come once a second, the
+    // estimate needs a report with > 10 % loss) and the lower layer's keyframe arrives.
+    assert.ok(worst < 6000, `no decoding stall over 6 s (longest ${worst} ms)`);
     const changes = Number((lab.httpGet('/metrics') || '').match(/^sfu_bandwidth_layer_changes_total (\S+)/m)?.[1] ?? 0);
     lab.note(`sfu_bandwidth_layer_changes_total ${changes}`);
     assert.ok(changes >= 2, `the SFU changed Bob's layer by bandwidth, down and up (${changes})`);

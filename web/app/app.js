@@ -1,4 +1,4 @@
-// Switchboard demo app: lobby at "/", call at "/room/<name>?name=<display name>[&relay=1][&simulcast=0][#token=<jwt>]".
+// Switchboard demo app: lobby at "/", call at "/room/<name>?name=<display name>[&relay=1][&simulcast=0][&publish=0][#token=<jwt>]".
 //
 // Test hook (documented, stable): `window.switchboardApp` =
 //   { room, ready: Promise<Room>, roomName, displayName, relay,
@@ -118,13 +118,18 @@ async function startCall() {
   app.room = room;
   wireRoom(room);
 
-  // Camera and microphone; the call still works without them (receive only, chat, files).
-  try {
-    const { camera } = await room.publish({ camera: true, microphone: true });
-    addLocalTile(camera);
-  } catch (err) {
-    showError(`Camera/microphone unavailable (${err.name || err.message}); joining without them.`);
+  // Camera and microphone; the call still works without them (receive only, chat, files). `?publish=0` joins
+  // as a viewer without asking for them.
+  if (params.get('publish') === '0') {
     addLocalTile(null);
+  } else {
+    try {
+      const { camera } = await room.publish({ camera: true, microphone: true });
+      addLocalTile(camera);
+    } catch (err) {
+      showError(`Camera/microphone unavailable (${err.name || err.message}); joining without them.`);
+      addLocalTile(null);
+    }
   }
 
   try {

@@ -30,6 +30,9 @@ use tracing::{debug, info, trace, warn};
 const PENDING_OFFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A participant that has not offered yet gets the server's first offer this long after joining.
 const FIRST_OFFER_DELAY: Duration = Duration::from_millis(1500);
+/// An unanswered offer is sent again (the same SDP, so a late answer still fits it) this many times before it is
+/// rolled back and replaced by a new one.
+const MAX_OFFER_RESENDS: u8 = 3;
 /// After failing to deliver an offer (signaling down), wait this long before trying again.
 const OFFER_RETRY: Duration = Duration::from_secs(2);
 /// At most one keyframe request per published track in this interval.
@@ -239,6 +242,9 @@ struct Client {
     ufrag: String,
     addrs: Vec<SocketAddr>,
     pending: Option<(SdpPendingOffer, Instant)>,
+    /// The pending offer's SDP and how often it was sent again for lack of an answer.
+    pending_sdp: String,
+    pending_resends: u8,
     /// The last offer accepted from the participant and our answer: the SDK re-sends an offer it believes lost
     /// (on glare as the impolite peer); a repeat is answered again without touching the SFU's own offer.
     last_offer: Option<(String, String)>,
@@ -327,8 +333,20 @@ impl Client {
         if !self.wants_offer(now) {
             return;
         }
+        if self.pending.is_some() && self.pending_resends < MAX_OFFER_RESENDS {
+            // A busy participant may answer late: the same offer again (a new one would no longer match
+            // the late answer's m-lines), the participant answers whichever it sees.
+            self.pending_resends += 1;
+            if let Some((_, at)) = &mut self.pending {
+                *at = now;
+            }
+            let sdp = self.pending_sdp.clone();
+            let sent = self.sink().is_some_and(|s| s.send(MediaSignal::Offer(sdp)));
+            debug!(participant = %self.participant, sent, resend = self.pending_resends, "no answer to the SFU's offer yet: sent again");
+            return;
+        }
         if self.pending.is_some() {
-            debug!(participant = %self.participant, "no answer to the SFU's offer: offering again");
+            debug!(participant = %self.participant, "no answer to the SFU's offer: offering anew");
             self.rollback();
         }
         let mut api = self.rtc.sdp_api();
@@ -355,12 +373,15 @@ impl Client {
             self.rollback();
             return;
         };
+        let sdp = offer.to_sdp_string();
         let sent = self
             .sink()
-            .is_some_and(|s| s.send(MediaSignal::Offer(offer.to_sdp_string())));
+            .is_some_and(|s| s.send(MediaSignal::Offer(sdp.clone())));
         if sent {
             debug!(participant = %self.participant, "SFU offer sent");
             self.pending = Some((pending, now));
+            self.pending_sdp = sdp;
+            self.pending_resends = 0;
         } else {
             debug!(participant = %self.participant, "participant not reachable: offer later");
             self.pending = Some((pending, now));
@@ -1584,6 +1605,8 @@ impl Engine {
             ufrag,
             addrs: Vec::new(),
             pending: None,
+            pending_sdp: String::new(),
+            pending_resends: 0,
             last_offer: None,
             negotiated: false,
             connected: false,

@@ -260,9 +260,10 @@ export class Lab {
 
   /**
    * Opens the app in the client namespace `side` and waits until it joined `room`.
-   * Returns {side, page, name, id, console}. Options: relay (relay-only), timeout.
+   * Returns {side, page, name, id, console}. Options: relay (relay-only), publish (false: a viewer without
+   * camera and microphone), timeout.
    */
-  async join(side, room, name, { relay = false, timeout = 20000 } = {}) {
+  async join(side, room, name, { relay = false, publish = true, timeout = 20000 } = {}) {
     const browser = await this.launchBrowser(side);
     const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
     const page = await context.newPage();
@@ -280,6 +281,7 @@ export class Lab {
     await page.route('**/dev/token*', (route) => route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ token, identity: `${name.toLowerCase()}-${side}` }) }));
     const q = new URLSearchParams({ name });
     if (relay) q.set('relay', '1');
+    if (!publish) q.set('publish', '0');
     await page.goto(`${ORIGIN}/room/${encodeURIComponent(room)}?${q}#token=${token}`, { timeout });
     try {
       await page.waitForFunction(() => window.switchboardApp?.room?.signalingState === 'connected' && !!window.switchboardApp.room.localParticipant, null, { timeout });
