@@ -110,15 +110,7 @@ impl Batch {
         self.prepare(n, len);
         // SAFETY: the first `n` headers point at live iovecs over `buf`.
         let r = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), n as _, libc::MSG_DONTWAIT) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(r as usize)
+        mmsg_count(r)
     }
 
     /// Receive up to `BATCH` datagrams from `fd` without blocking; returns how many.
@@ -134,15 +126,7 @@ impl Batch {
                 std::ptr::null_mut(),
             )
         };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(r as usize)
+        mmsg_count(r)
     }
 
     fn received(&self, k: usize) -> &[u8] {
@@ -312,5 +296,18 @@ fn send_some(
             rep.io_errors += 1;
             0
         }
+    }
+}
+
+/// The datagram count of a non-blocking `sendmmsg`/`recvmmsg` return value (nothing ready: 0).
+fn mmsg_count(r: i32) -> io::Result<usize> {
+    if r >= 0 {
+        return Ok(r as usize);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        Ok(0)
+    } else {
+        Err(e)
     }
 }
