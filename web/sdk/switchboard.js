@@ -342,7 +342,8 @@ class Peer {
       }
       if (this.pc.localDescription.type !== 'offer') return;
       this.pendingNegotiation = false;
-      this.room._send({ type: 'offer', to: this.id, sdp: this.pc.localDescription.sdp });
+      this.sentOffer = this.pc.localDescription.sdp;
+      this.room._send({ type: 'offer', to: this.id, sdp: this.sentOffer });
       this._armWatchdog();
     } catch (err) {
       this.room._emitError('negotiation_failed', `offer to ${this.id} failed: ${err.message || err}`);
@@ -418,7 +419,9 @@ class Peer {
       // network change): send it again, so the polite peer rolls its own offer back and answers ours now instead
       // of both sides waiting for the watchdog.
       if (!this.makingOffer && pc.signalingState === 'have-local-offer' && pc.localDescription) {
-        this.room._send({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
+        // The very text sent before (not localDescription, which has gained candidates since), so the other side
+        // can tell it is the same offer.
+        this.room._send({ type: 'offer', to: this.id, sdp: this.sentOffer || pc.localDescription.sdp });
       }
       return;
     }

@@ -642,6 +642,17 @@ fn kind_label(kind: Option<MediaKind>) -> &'static str {
     }
 }
 
+/// Whether two SDP offers are the same offer, sent again: equal but for ICE candidates gathered in between (a
+/// browser re-sending `localDescription` includes the candidates trickled since).
+fn same_offer(a: &str, b: &str) -> bool {
+    fn lines(s: &str) -> impl Iterator<Item = &str> {
+        s.lines()
+            .map(str::trim_end)
+            .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
+    }
+    a == b || lines(a).eq(lines(b))
+}
+
 /// A valid msid id (1 to 64 token characters, RFC 8830).
 fn valid_msid(s: &str) -> bool {
     !s.is_empty()
@@ -1788,7 +1799,9 @@ impl Engine {
         };
         match msg {
             MediaSignal::Offer(sdp) => {
-                if let Some((_, answer)) = c.last_offer.as_ref().filter(|(o, _)| *o == sdp) {
+                if let Some((_, answer)) =
+                    c.last_offer.as_ref().filter(|(o, _)| same_offer(o, &sdp))
+                {
                     debug!(participant = %c.participant, "repeated offer: answered again");
                     if let Some(s) = c.sink() {
                         s.send(MediaSignal::Answer(answer.clone()));
@@ -1963,6 +1976,20 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_offer_sent_again_with_its_gathered_candidates_is_the_same_offer() {
+        let first = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:abcd\r\n";
+        let again = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=candidate:1 1 udp 2122260223 192.0.2.1 5000 typ host\r\na=end-of-candidates\r\n";
+        assert!(same_offer(first, again));
+        let other = again.replace("ice-ufrag:abcd", "ice-ufrag:efgh");
+        assert!(
+            !same_offer(first, &other),
+            "new ICE credentials: a new offer"
+        );
+        let more = first.replace("a=mid:0\r\n", "a=mid:0\r\na=sendrecv\r\n");
+        assert!(!same_offer(first, &more));
+    }
 
     #[test]
     fn msid_validation() {
