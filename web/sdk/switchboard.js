@@ -342,8 +342,7 @@ class Peer {
       }
       if (this.pc.localDescription.type !== 'offer') return;
       this.pendingNegotiation = false;
-      this.sentOffer = this.pc.localDescription.sdp;
-      this.room._send({ type: 'offer', to: this.id, sdp: this.sentOffer });
+      this.room._send({ type: 'offer', to: this.id, sdp: this.pc.localDescription.sdp });
       this._armWatchdog();
     } catch (err) {
       this.room._emitError('negotiation_failed', `offer to ${this.id} failed: ${err.message || err}`);
@@ -419,9 +418,9 @@ class Peer {
       // network change): send it again, so the polite peer rolls its own offer back and answers ours now instead
       // of both sides waiting for the watchdog.
       if (!this.makingOffer && pc.signalingState === 'have-local-offer' && pc.localDescription) {
-        // The very text sent before (not localDescription, which has gained candidates since), so the other side
-        // can tell it is the same offer.
-        this.room._send({ type: 'offer', to: this.id, sdp: this.sentOffer || pc.localDescription.sdp });
+        // localDescription carries the candidates gathered since (some may have been trickled into the outage
+        // too); the SFU recognizes the repeat with them.
+        this.room._send({ type: 'offer', to: this.id, sdp: pc.localDescription.sdp });
       }
       return;
     }
