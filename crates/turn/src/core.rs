@@ -1113,7 +1113,7 @@ impl<R: Clone> Core<R> {
         out: &mut Vec<u8>,
         msg: &MessageRef<'_>,
         ft: FiveTuple,
-        relays: (SocketAddr, Option<SocketAddr>),
+        relays: Relays,
         lifetime: u32,
         key: &Key,
         v6_error: Option<(u16, &str)>,
@@ -1145,7 +1145,8 @@ impl<R: Clone> Core<R> {
         seal(w, Some(key), msg.has(attr_type::FINGERPRINT))
     }
 
-    /// Find the allocation for `ft` and check it belongs to `username`; on failure the error is in `out`.
+    /// Find the allocation for `ft` and check it belongs to `username`: its id and relayed addresses (primary,
+    /// and the second family's of a dual allocation). On failure the error is in `out`.
     fn owned_alloc(
         &self,
         ft: FiveTuple,
@@ -1153,7 +1154,7 @@ impl<R: Clone> Core<R> {
         out: &mut Vec<u8>,
         username: &str,
         key: &Key,
-    ) -> Result<Option<AllocId>, StunError> {
+    ) -> Result<Option<(AllocId, Relays)>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
         let Some(a) = self.by_ft.get(&ft).and_then(|id| self.allocs.get(id)) else {
             seal(error(out, msg, 437, "Allocation Mismatch")?, Some(key), fp)?;
@@ -1164,7 +1165,7 @@ impl<R: Clone> Core<R> {
             seal(error(out, msg, 441, "Wrong Credentials")?, Some(key), fp)?;
             return Ok(None);
         }
-        Ok(Some(a.id))
+        Ok(Some((a.id, (a.relay_addr, a.relay2_addr()))))
     }
 
     fn refresh<'a>(
@@ -1177,19 +1178,13 @@ impl<R: Clone> Core<R> {
         key: Key,
     ) -> Result<Output<'a, R>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
-        let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
+        let Some((id, (relay, relay2))) = self.owned_alloc(ft, msg, out, username, &key)? else {
             return Ok(Output::Reply);
         };
-        let families: Vec<AddressFamily> = self
-            .allocs
-            .get(&id)
-            .map(|a| {
-                std::iter::once(a.relay_addr)
-                    .chain(a.relay2_addr())
-                    .map(|r| family_of(&r))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let families: Vec<AddressFamily> = std::iter::once(relay)
+            .chain(relay2)
+            .map(|r| family_of(&r))
+            .collect();
         match msg.requested_address_family() {
             Ok(Some(f)) if !families.contains(&f) => {
                 seal(
@@ -1236,7 +1231,7 @@ impl<R: Clone> Core<R> {
     /// Family + policy check of a peer; writes 443/403 into `out` and returns false when refused.
     fn check_peer(
         &self,
-        relays: (SocketAddr, Option<SocketAddr>),
+        relays: Relays,
         peer: SocketAddr,
         msg: &MessageRef<'_>,
         out: &mut Vec<u8>,
@@ -1271,15 +1266,8 @@ impl<R: Clone> Core<R> {
         key: Key,
     ) -> Result<Output<'a, R>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
-        let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
+        let Some((id, relay_addr)) = self.owned_alloc(ft, msg, out, username, &key)? else {
             return Ok(Output::Reply);
-        };
-        let Some(relay_addr) = self
-            .allocs
-            .get(&id)
-            .map(|a| (a.relay_addr, a.relay2_addr()))
-        else {
-            return Ok(Output::None);
         };
         let mut count = 0;
         for peer in msg.xor_peer_addresses() {
@@ -1316,15 +1304,8 @@ impl<R: Clone> Core<R> {
         key: Key,
     ) -> Result<Output<'a, R>, StunError> {
         let fp = msg.has(attr_type::FINGERPRINT);
-        let Some(id) = self.owned_alloc(ft, msg, out, username, &key)? else {
+        let Some((id, relay_addr)) = self.owned_alloc(ft, msg, out, username, &key)? else {
             return Ok(Output::Reply);
-        };
-        let Some(relay_addr) = self
-            .allocs
-            .get(&id)
-            .map(|a| (a.relay_addr, a.relay2_addr()))
-        else {
-            return Ok(Output::None);
         };
         let (Ok(Some(ch)), Ok(Some(peer))) = (msg.channel_number(), msg.xor_peer_address()) else {
             seal(error(out, msg, 400, "Bad Request")?, Some(&key), fp)?;
@@ -1385,6 +1366,9 @@ fn error<'b>(
     w.add_error_code(code, reason)?;
     Ok(w)
 }
+
+/// An allocation's relayed addresses: the primary one, and the second family's of a dual allocation.
+type Relays = (SocketAddr, Option<SocketAddr>);
 
 fn seal(mut w: MessageWriter<'_>, key: Option<&Key>, fp: bool) -> Result<(), StunError> {
     match key {
