@@ -296,16 +296,19 @@ class Peer {
   _wireChannel(key, dc) {
     dc.onopen = () => {
       this.room.emit('channel_open', this.participant, dc.label);
-      if (key === 'data') {
-        const out = this.outbox;
-        this.outbox = [];
-        for (const m of out) this._sendOn(m.key, m.data);
-      }
+      if (key === 'data') this._flushOutbox();
     };
     dc.onmessage = (ev) => {
       if (key === 'file') this._onFileMessage(ev.data);
       else this.room.emit('data', this.participant, ev.data, dc.label);
     };
+  }
+
+  /** Sends what was queued while the data channel was not open yet. */
+  _flushOutbox() {
+    const out = this.outbox;
+    this.outbox = [];
+    for (const m of out) this._sendOn(m.key, m.data);
   }
 
   addTrack(track, stream) {
@@ -669,27 +672,17 @@ class SfuPeer extends Peer {
     };
   }
 
-  /** Publishes our tracks and opens the three negotiated data channels with the SFU (which relays them). */
-  attachLocal() {
-    if (!this.tracksAttached) {
-      this.tracksAttached = true;
-      for (const { track, stream } of this.room._localTracks()) this.addTrack(track, stream);
-    }
-    for (const [key, spec] of Object.entries(CHANNELS)) {
-      if (this.channels[key]) continue;
-      const dc = this.pc.createDataChannel(spec.label, { ...spec.init, negotiated: true, id: spec.id });
-      dc.binaryType = 'arraybuffer';
-      this.channels[key] = dc;
-      dc.onopen = () => {
-        for (const p of this.room.participants.values()) if (!p._viaSfu) this.room.emit('channel_open', p, dc.label);
-        if (key === 'data') {
-          const out = this.outbox;
-          this.outbox = [];
-          for (const m of out) this._sendOn(m.key, m.data);
-        }
-      };
-      dc.onmessage = (ev) => this._onRelayed(key, ev.data);
-    }
+  /**
+   * The three negotiated data channels with the SFU (which relays them; `attachLocal` of Peer creates them and
+   * publishes our tracks): opening tells every participant reached through the SFU, messages carry a routing
+   * header.
+   */
+  _wireChannel(key, dc) {
+    dc.onopen = () => {
+      for (const p of this.room.participants.values()) if (!p._viaSfu) this.room.emit('channel_open', p, dc.label);
+      if (key === 'data') this._flushOutbox();
+    };
+    dc.onmessage = (ev) => this._onRelayed(key, ev.data);
   }
 
   /** Sends `data` on channel `key` to participant `to` ('' = everyone). False when queued (channel not open). */
