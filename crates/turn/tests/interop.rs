@@ -6,19 +6,11 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
+mod common;
+use common::{assert_clean, have, uclient};
 use tokio::process::Command;
 use turn::client::TurnClient;
 use turn::{rest_credentials, TurnConfig, TurnServer};
-
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if !found && std::env::var_os("SWITCHBOARD_SKIP_COTURN").is_none() {
-        panic!("{tool} not found: install coturn or set SWITCHBOARD_SKIP_COTURN=1");
-    }
-    found
-}
 
 fn config() -> TurnConfig {
     TurnConfig {
@@ -31,71 +23,6 @@ fn config() -> TurnConfig {
         relay_threads: 2,
         ..TurnConfig::default()
     }
-}
-
-/// Totals parsed from turnutils_uclient's final report.
-#[derive(Debug, Default)]
-struct Report {
-    sent: u64,
-    received: u64,
-    lost: u64,
-    output: String,
-}
-
-fn field(line: &str, key: &str) -> Option<u64> {
-    let i = line.find(key)?;
-    line[i + key.len()..]
-        .trim_start_matches([' ', ':', '='])
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-async fn uclient(args: &[&str]) -> Report {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new("turnutils_uclient")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output(),
-    )
-    .await
-    .expect("uclient timed out")
-    .expect("run uclient");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut r = Report {
-        output: text.clone(),
-        ..Report::default()
-    };
-    for line in text.lines() {
-        if line.contains("Total transmit time")
-            || line.contains("tot_send_msgs")
-            || line.contains("Total lost packets")
-        {
-            if let Some(v) = field(line, "tot_send_msgs") {
-                r.sent = v;
-            }
-            if let Some(v) = field(line, "tot_recv_msgs") {
-                r.received = v;
-            }
-            if let Some(v) = field(line, "Total lost packets") {
-                r.lost = v;
-            }
-        }
-    }
-    r
-}
-
-fn assert_clean(r: &Report, expect_msgs: u64) {
-    assert!(r.sent >= expect_msgs, "too few sent: {r:?}\n{}", r.output);
-    assert_eq!(r.received, r.sent, "received != sent\n{}", r.output);
-    assert_eq!(r.lost, 0, "lost packets\n{}", r.output);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

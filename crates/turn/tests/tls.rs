@@ -1,21 +1,12 @@
 //! TURN over TLS: rcgen self-signed certificate, driven by `turnutils_uclient -S`.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::process::Command;
+mod common;
+use common::{assert_clean, have, uclient};
 use turn::{TurnConfig, TurnServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uclient_over_tls() {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("turnutils_uclient").is_file()))
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("SWITCHBOARD_SKIP_COTURN").is_some(),
-            "turnutils_uclient not installed"
-        );
+    if !have("turnutils_uclient") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("sb-turn-tls-{}", std::process::id()));
@@ -43,59 +34,27 @@ async fn uclient_over_tls() {
     let s = TurnServer::start(cfg).await.expect("start");
     assert_eq!(s.tls_addrs().len(), 1);
     let port = s.tls_addrs()[0].port().to_string();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        Command::new("turnutils_uclient")
-            .args([
-                "-S",
-                "-t",
-                "-y",
-                "-c",
-                "-n",
-                "50",
-                "-m",
-                "2",
-                "-l",
-                "100",
-                "-p",
-                &port,
-                "-u",
-                "alice",
-                "-w",
-                "secret",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output(),
-    )
-    .await
-    .expect("timeout")
-    .expect("run uclient");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let totals = text
-        .lines()
-        .rev()
-        .find(|l| {
-            l.contains("tot_send_msgs=") && l.contains("tot_recv_msgs=") && !l.contains("msz=")
-        })
-        .unwrap_or_else(|| panic!("no totals:\n{text}"));
-    let num = |k: &str| -> u64 {
-        let i = totals.find(k).unwrap_or_else(|| panic!("{k} in {totals}")) + k.len();
-        totals[i..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("number")
-    };
-    let (sent, recv) = (num("tot_send_msgs="), num("tot_recv_msgs="));
-    assert!(sent >= 100, "{text}");
-    assert_eq!(sent, recv, "{text}");
-    assert!(text.contains("Total lost packets 0 "), "{text}");
+    let r = uclient(&[
+        "-S",
+        "-t",
+        "-y",
+        "-c",
+        "-n",
+        "50",
+        "-m",
+        "2",
+        "-l",
+        "100",
+        "-p",
+        &port,
+        "-u",
+        "alice",
+        "-w",
+        "secret",
+        "127.0.0.1",
+    ])
+    .await;
+    assert_clean(&r, 100);
     s.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,86 @@
+//! Shared by the cross-process TURN tests: coturn's tools and their reports.
+
+#![allow(dead_code)] // each test file uses part of it
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// Whether coturn's `tool` is installed; without it the test fails unless SWITCHBOARD_SKIP_COTURN is set.
+pub fn have(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found && std::env::var_os("SWITCHBOARD_SKIP_COTURN").is_none() {
+        panic!("{tool} not found: install coturn or set SWITCHBOARD_SKIP_COTURN=1");
+    }
+    found
+}
+
+/// Totals parsed from turnutils_uclient's final report.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub output: String,
+}
+
+fn field(line: &str, key: &str) -> Option<u64> {
+    let i = line.find(key)?;
+    line[i + key.len()..]
+        .trim_start_matches([' ', ':', '='])
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs `turnutils_uclient ARGS` (60 s at most) and parses its totals.
+pub async fn uclient(args: &[&str]) -> Report {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new("turnutils_uclient")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output(),
+    )
+    .await
+    .expect("uclient timed out")
+    .expect("run uclient");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut r = Report {
+        output: text.clone(),
+        ..Report::default()
+    };
+    for line in text.lines() {
+        if line.contains("Total transmit time")
+            || line.contains("tot_send_msgs")
+            || line.contains("Total lost packets")
+        {
+            if let Some(v) = field(line, "tot_send_msgs") {
+                r.sent = v;
+            }
+            if let Some(v) = field(line, "tot_recv_msgs") {
+                r.received = v;
+            }
+            if let Some(v) = field(line, "Total lost packets") {
+                r.lost = v;
+            }
+        }
+    }
+    r
+}
+
+/// At least `expect_msgs` sent, all received, none lost.
+pub fn assert_clean(r: &Report, expect_msgs: u64) {
+    assert!(r.sent >= expect_msgs, "too few sent: {r:?}\n{}", r.output);
+    assert_eq!(r.received, r.sent, "received != sent\n{}", r.output);
+    assert_eq!(r.lost, 0, "lost packets\n{}", r.output);
+}
