@@ -1326,35 +1326,29 @@ impl Engine {
         if c.prefs.is_empty() {
             return;
         }
-        let mut changes = std::mem::take(&mut self.caps);
-        changes.clear();
-        let mut wants = Vec::new();
-        for (i, t) in c.tracks_out.iter().enumerate() {
-            let Some(name) = t
-                .src
-                .and_then(|(p, _)| self.clients.get(&p))
-                .map(|pc| pc.participant.as_str())
-            else {
-                continue;
-            };
-            let pref = c.pref_for(name);
-            let on = match t.kind {
-                MediaKind::Video => pref.video,
-                MediaKind::Audio => pref.audio,
-            }
-            .unwrap_or(true);
-            changes.push((i, usize::from(!on)));
-            wants.push(pref.want.unwrap_or(simulcast::DEFAULT_WANT));
-        }
+        // The publisher's name lives in its own client: look the wishes up first, then apply them.
+        let wishes: Vec<(usize, Pref)> = c
+            .tracks_out
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let (p, _) = t.src?;
+                Some((i, c.pref_for(&self.clients.get(&p)?.participant)))
+            })
+            .collect();
         let mut keyframes = Vec::new();
         if let Some(c) = self.clients.get_mut(&sid) {
-            for (&(i, paused), want) in changes.iter().zip(wants) {
+            for (i, pref) in wishes {
                 let Some(t) = c.tracks_out.get_mut(i) else {
                     continue;
                 };
-                let paused = paused == 1;
+                let paused = !match t.kind {
+                    MediaKind::Video => pref.video,
+                    MediaKind::Audio => pref.audio,
+                }
+                .unwrap_or(true);
                 if t.kind == MediaKind::Video {
-                    t.layers.want = want;
+                    t.layers.want = pref.want.unwrap_or(simulcast::DEFAULT_WANT);
                 }
                 if t.paused && !paused {
                     // Resumed: the decoder starts again at a keyframe.
@@ -1370,7 +1364,6 @@ impl Engine {
             self.props
                 .push_back(Prop::Keyframe(p, m, None, KeyframeRequestKind::Pli));
         }
-        self.caps = changes;
     }
 
     fn track_opened(&mut self, from: ClientId, mid: Mid) {
