@@ -217,6 +217,32 @@ async fn wait_for<T>(
 
 /// Two relay-only clients: each gathers a relayed candidate (over `want_proto`), then chat both ways and a
 /// 1 MiB file with its SHA-256 confirmed. Returns the relayed candidates.
+/// Sends `data` as a file from `from` to `to` (within `secs`): the sender's delivery report must say ok; returns
+/// what `to` received.
+async fn send_file(
+    from: &Room,
+    to: &Room,
+    tag: &str,
+    data: &[u8],
+    secs: u64,
+) -> client::ReceivedFile {
+    let dir = std::env::temp_dir().join(format!("sb-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join("payload.bin");
+    std::fs::write(&path, data).expect("write payload");
+    let (deliveries, received) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(secs), from.send_file(&path)),
+        wait_for(to, secs, "file at the receiver", |ev| match ev {
+            RoomEvent::FileReceived { file, .. } => Some(file),
+            _ => None,
+        }),
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    let deliveries = deliveries.expect("send_file timed out").expect("send_file");
+    assert!(deliveries[0].ok, "{:?}", deliveries[0]);
+    received
+}
+
 async fn relay_session(
     server: &ServerUrl,
     room: &str,
@@ -283,22 +309,10 @@ async fn relay_session_with(
     })
     .await;
 
-    let dir = std::env::temp_dir().join(format!("sb-relay-test-{}-{room}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let path = dir.join("relayed.bin");
     let data: Vec<u8> = (0..1024 * 1024 + 17)
         .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
-    std::fs::write(&path, &data).expect("write payload");
-    let (deliveries, received) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(60), alice.send_file(&path)),
-        wait_for(&bob, 60, "file at bob", |ev| match ev {
-            RoomEvent::FileReceived { file, .. } => Some(file),
-            _ => None,
-        }),
-    );
-    let deliveries = deliveries.expect("send_file timed out").expect("send_file");
-    assert!(deliveries[0].ok, "{:?}", deliveries[0]);
+    let received = send_file(&alice, &bob, &format!("relay-test-{room}"), &data, 60).await;
     assert!(received.checksum_ok);
     assert_eq!(received.data, data);
     if our_turn {
@@ -310,7 +324,6 @@ async fn relay_session_with(
     }
     alice.leave().await;
     bob.leave().await;
-    std::fs::remove_dir_all(&dir).ok();
     (cands.remove(0), cands.remove(0))
 }
 
@@ -738,20 +751,8 @@ async fn relayed_call_outlives_its_turn_credentials_with_renewal() {
     let got = chat_every_second(&alice, &bob, "renew", secs).await;
     eprintln!("chat received {got}/{secs}");
     // Past 3× the lifetime: a file still goes through the relay intact.
-    let dir = std::env::temp_dir().join(format!("sb-renew-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let path = dir.join("late.bin");
     let data: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(&path, &data).expect("write");
-    let (deliveries, received) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(30), alice.send_file(&path)),
-        wait_for(&bob, 30, "file at bob", |ev| match ev {
-            RoomEvent::FileReceived { file, .. } => Some(file),
-            _ => None,
-        }),
-    );
-    let deliveries = deliveries.expect("send_file timed out").expect("send_file");
-    assert!(deliveries[0].ok, "{:?}", deliveries[0]);
+    let received = send_file(&alice, &bob, "renew", &data, 30).await;
     assert_eq!(received.data, data);
     let pushes = metric(&server.http, "signal_ice_refreshes_total").await;
     let expired = metric_with(
@@ -777,7 +778,6 @@ async fn relayed_call_outlives_its_turn_credentials_with_renewal() {
     alice.leave().await;
     bob.leave().await;
     srv.proc.kill().await.ok();
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Without renewal (an override ignores the server's pushes), the same 5 s credentials: the allocation keeps
