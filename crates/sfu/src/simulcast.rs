@@ -154,7 +154,7 @@ const LOSS_LOW: f32 = 0.02;
 /// Growth of the estimate per loss-free report (percent).
 const GROWTH_PERCENT: u64 = 15;
 /// After an overload, the estimate does not grow for this long (doubling on each overload, up to the max).
-const HOLD_MIN: Duration = Duration::from_secs(5);
+const HOLD_MIN: Duration = Duration::from_secs(10);
 const HOLD_MAX: Duration = Duration::from_secs(60);
 /// The estimate never grows beyond this (bit/s).
 const MAX_ESTIMATE: u64 = 1_000_000_000;
@@ -435,8 +435,8 @@ mod tests {
         // 1.5 Mbit/s into a link that loses 60 %: the estimate is what got through, roughly.
         let est = step(&mut e, 1_500_000, 0.6, &mut t).expect("an estimate after loss");
         assert!((900_000..=1_100_000).contains(&est), "estimate {est}");
-        // Held for 5 s after the overload, then growing 15 % per loss-free second.
-        for _ in 0..4 {
+        // Held for 10 s after the overload, then growing 15 % per loss-free second.
+        for _ in 0..9 {
             assert_eq!(step(&mut e, 300_000, 0.0, &mut t), None, "held");
         }
         let mut grown = est;
@@ -449,7 +449,7 @@ mod tests {
         assert!(grown > est * 3 / 2, "grew from {est} to {grown}");
         // Overloaded right after growing: the hold doubles.
         step(&mut e, 1_500_000, 0.5, &mut t).expect("down again");
-        assert_eq!(e.hold, Duration::from_secs(10));
+        assert_eq!(e.hold, Duration::from_secs(20));
         // Moderate loss (between 2 and 10 %) holds the estimate.
         let held = e.estimate();
         for _ in 0..15 {
