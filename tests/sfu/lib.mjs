@@ -19,10 +19,13 @@ export function metric(text, name, labels = {}) {
 /**
  * A participant driven through the SDK alone (no demo app: lighter, and the camera size is ours to pick), exposed as
  * `window.switchboardApp.room` like the app does, so the harness's media helpers work. `events` records
- * participant_joined/left, room_mode and active_speaker with their time.
+ * participant_joined/left, room_mode and active_speaker with their time. `initScript` (a function or
+ * `{content}`, as Playwright's addInitScript takes) runs in the page before anything else.
  */
-export async function joinSdk(browser, server, room, name, { width = 160, height = 120, frameRate = 15, timeout = 30000 } = {}) {
+export async function joinSdk(browser, server, room, name, { width = 160, height = 120, frameRate = 15, timeout = 30000, initScript = null } = {}) {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+  // Runs in the page before the SDK does (e.g. to hook RTCPeerConnection).
+  if (initScript) await context.addInitScript(initScript);
   const page = await context.newPage();
   const consoleLines = [];
   page.on('console', (m) => {

@@ -488,6 +488,8 @@ impl Client {
                 props.push_back(Prop::Media(self.id, d));
             }
             Event::KeyframeRequest(req) => {
+                metrics::counter!("sfu_keyframe_requests_in_total", "kind" => keyframe_label(req.kind))
+                    .increment(1);
                 if let Some(t) = self
                     .tracks_out
                     .iter()
@@ -618,6 +620,7 @@ impl Client {
             let slot = r.map_or(simulcast::RANKS, |r| simulcast::rank(&r));
             let last = &mut t.last_keyframe_request[slot];
             if last.is_some_and(|at| now < at + KEYFRAME_THROTTLE) {
+                metrics::counter!("sfu_keyframe_requests_throttled_total").increment(1);
                 continue;
             }
             *last = Some(now);
@@ -627,8 +630,12 @@ impl Client {
             let Some(w) = w.as_mut() else {
                 return;
             };
-            if let Err(e) = w.request_keyframe(r, kind) {
-                trace!(participant = %self.participant, %mid, "keyframe request not possible: {e}");
+            match w.request_keyframe(r, kind) {
+                Ok(()) => metrics::counter!("sfu_keyframe_requests_out_total", "kind" => keyframe_label(kind))
+                    .increment(1),
+                Err(e) => {
+                    trace!(participant = %self.participant, %mid, "keyframe request not possible: {e}")
+                }
             }
         }
     }
@@ -639,6 +646,13 @@ fn kind_label(kind: Option<MediaKind>) -> &'static str {
         Some(MediaKind::Audio) => "audio",
         Some(MediaKind::Video) => "video",
         None => "unknown",
+    }
+}
+
+fn keyframe_label(kind: KeyframeRequestKind) -> &'static str {
+    match kind {
+        KeyframeRequestKind::Pli => "pli",
+        KeyframeRequestKind::Fir => "fir",
     }
 }
 
