@@ -1,6 +1,8 @@
 // WHIP (RFC 9725) and WHEP through the SFU: a Chromium page publishes with plain fetch + RTCPeerConnection,
 // trickles its candidates by PATCH, another views with WHEP and decodes; a participant of the sfu room sees the
-// WHIP publisher too; DELETE ends a session; bad tokens are refused. Then aiortc (an independent WebRTC stack) publishes by WHIP.
+// WHIP publisher too; DELETE ends a session; bad tokens are refused. Then aiortc (an independent WebRTC stack)
+// publishes by WHIP to a Chromium WHEP viewer, and the reverse: Chromium publishes by WHIP and aiortc views by WHEP,
+// decoding the frames with its own decoder (tests/sfu/aiortc_whep.py).
 //
 // Run: cargo build -p switchboard && node --test --test-concurrency=1 tests/sfu/
 import { test, after } from 'node:test';
@@ -8,7 +10,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Harness, until, sleep, waitForMediaFrom, mediaGrowth, httpGet } from '../e2e/lib/harness.mjs';
+import { Harness, until, sleep, withTimeout, waitForMediaFrom, mediaGrowth, httpGet } from '../e2e/lib/harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 process.env.SWITCHBOARD_SFU_ENABLED = 'true';
@@ -217,5 +219,50 @@ test('aiortc publishes by WHIP; a Chromium WHEP viewer (who came first) decodes 
     throw new Error(`${err.message}\naiortc:\n${out.join('')}\nserver:\n${server.log.slice(-30).join('\n')}`);
   }
   py.kill('SIGTERM');
+  await h.close();
+});
+
+test('Chromium publishes by WHIP; an aiortc WHEP viewer decodes ≥ 30 of its video frames within 10 s', { timeout: 120000 }, async () => {
+  const server = await h.startServer();
+  const browser = await h.launchBrowser();
+  const room = 'aiortc-whep-room';
+  const pub = await blankPage(browser, server);
+  const p = await whipPublish(pub, room, await token(server, room, 'chromium'));
+  assert.equal(p.status, 201, JSON.stringify(p));
+  await pub.waitForFunction(() => window.whip.pc.connectionState === 'connected', null, { timeout: 20000 });
+
+  const seconds = 10;
+  const out = [];
+  const py = spawn('python3', [path.join(here, 'aiortc_whep.py'), `${server.url}/whep/${room}`, await token(server, room, 'aiortc'), String(seconds)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(py);
+  py.stdout.on('data', (d) => out.push(d.toString()));
+  py.stderr.on('data', (d) => out.push(d.toString()));
+  const exited = new Promise((resolve) => py.on('exit', (code, signal) => resolve({ code, signal })));
+  let result;
+  try {
+    await until(() => out.join('').includes('connected'), { timeout: 30000, what: 'aiortc connected' });
+    const exit = await withTimeout(exited, (seconds + 20) * 1000, 'aiortc viewer exits');
+    const line = out.join('').split('\n').find((l) => l.startsWith('result '));
+    assert.ok(line, `aiortc printed a result (exit ${JSON.stringify(exit)})`);
+    result = JSON.parse(line.slice('result '.length));
+    assert.equal(exit.code, 0, `aiortc exit ${JSON.stringify(exit)}`);
+  } catch (err) {
+    throw new Error(`${err.message}\naiortc:\n${out.join('')}\nserver:\n${server.log.slice(-30).join('\n')}`);
+  }
+  const sent = await pub.evaluate(async () => {
+    let framesEncoded = 0;
+    (await window.whip.pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') framesEncoded += s.framesEncoded || 0;
+    });
+    return framesEncoded;
+  });
+  console.log(`# aiortc decoded ${result.frames} video frames in ${seconds} s (sizes ${JSON.stringify(result.sizes)}, ${result.distinct} distinct pictures, first ${result.first_frame_s} s after connecting), ${result.audio_frames} audio frames; Chromium encoded ${sent} frames in all`);
+  assert.ok(result.frames >= 30, `aiortc decoded ${result.frames} frames in ${seconds} s (want ≥ 30)`);
+  for (const size of Object.keys(result.sizes)) {
+    const [w, hgt] = size.split('x').map(Number);
+    assert.ok(w > 0 && hgt > 0 && w <= 640 && hgt <= 480, `decoded frame size ${size} (published at most 640x480)`);
+  }
+  assert.ok(result.distinct >= 10, `the decoded picture moves (${result.distinct} distinct of ${result.frames})`);
+  assert.ok(result.audio_frames > 0, 'aiortc received audio too');
   await h.close();
 });
