@@ -62,6 +62,10 @@ pub struct TurnArgs {
     /// Nonce lifetime in seconds.
     #[arg(long = "stale-nonce", default_value_t = 600)]
     pub stale_nonce: u64,
+    /// Relay data between two allocations of this server through the sockets (turns off the
+    /// relay-to-relay short circuit, `relay-short-circuit = false`).
+    #[arg(long = "no-relay-short-circuit")]
+    pub no_relay_short_circuit: bool,
 }
 
 impl TurnArgs {
@@ -92,6 +96,7 @@ impl TurnArgs {
             cert: self.cert.clone(),
             pkey: self.pkey.clone(),
             stale_nonce: self.stale_nonce,
+            relay_short_circuit: !self.no_relay_short_circuit,
             ..defaults
         }
     }

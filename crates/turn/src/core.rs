@@ -74,6 +74,10 @@ pub struct CoreConfig {
     /// Whether the driver can send relayed datagrams with the DF bit set (DONT-FRAGMENT, RFC 8656
     /// §7.2). When false an Allocate carrying DONT-FRAGMENT is answered 420.
     pub dont_fragment: bool,
+    /// Relay-to-relay short circuit: data an allocation relays to another allocation's relayed address
+    /// on this server is handed to that allocation directly ([`Output::ToClient`]) instead of leaving
+    /// through one relay socket and arriving on the other. Same checks, same accounting.
+    pub relay_short_circuit: bool,
 }
 
 impl Default for CoreConfig {
@@ -97,6 +101,7 @@ impl Default for CoreConfig {
             permission_lifetime: Duration::from_secs(300),
             channel_lifetime: Duration::from_secs(600),
             dont_fragment: cfg!(target_os = "linux"),
+            relay_short_circuit: true,
         }
     }
 }
@@ -147,6 +152,11 @@ pub enum Output<'a, R> {
         data: &'a [u8],
         dont_fragment: bool,
     },
+    /// Relay-to-relay short circuit ([`CoreConfig::relay_short_circuit`]): the peer was the relayed
+    /// address of allocation `id` on this server, which accepted the data as if it had arrived on its
+    /// relay. `out` holds the ChannelData or Data indication for that allocation's client: send it from
+    /// the UDP listener bound to `client.server` to `client.client` (only UDP clients are short-circuited).
+    ToClient { id: AllocId, client: FiveTuple },
 }
 
 struct Bucket {
@@ -199,6 +209,14 @@ impl<R> Allocation<R> {
             .as_ref()
             .filter(|(a, _)| family_of(a) == family_of(peer))
             .map(|(_, r)| r)
+    }
+    /// The relayed address whose family matches `peer` (the source address a peer sees).
+    fn relay_addr_for(&self, peer: &SocketAddr) -> Option<SocketAddr> {
+        if family_of(peer) == family_of(&self.relay_addr) {
+            return Some(self.relay_addr);
+        }
+        self.relay2_addr()
+            .filter(|a| family_of(a) == family_of(peer))
     }
     fn relay2_addr(&self) -> Option<SocketAddr> {
         self.relay2.as_ref().map(|(a, _)| *a)
@@ -265,6 +283,7 @@ struct Metrics {
     active: Gauge,
     client_to_peer: Counter,
     peer_to_client: Counter,
+    short_circuit: Counter,
 }
 
 impl Metrics {
@@ -273,6 +292,7 @@ impl Metrics {
             active: metrics::gauge!("turn_allocations_active"),
             client_to_peer: metrics::counter!("turn_relayed_bytes_total", "direction" => "client_to_peer"),
             peer_to_client: metrics::counter!("turn_relayed_bytes_total", "direction" => "peer_to_client"),
+            short_circuit: metrics::counter!("turn_short_circuit_packets_total"),
         }
     }
 }
@@ -328,6 +348,8 @@ pub struct Core<R> {
     nonce_secret: [u8; 32],
     allocs: HashMap<AllocId, Allocation<R>>,
     by_ft: HashMap<FiveTuple, AllocId>,
+    /// Relayed address (both families of a dual allocation) → allocation, for the short circuit.
+    by_relay: HashMap<SocketAddr, AllocId>,
     per_user: HashMap<String, u32>,
     reservations: HashMap<[u8; 8], Reservation<R>>,
     ports: PortPool,
@@ -375,6 +397,7 @@ impl<R: Clone> Core<R> {
             nonce_secret: rand::random(),
             allocs: HashMap::new(),
             by_ft: HashMap::new(),
+            by_relay: HashMap::new(),
             per_user: HashMap::new(),
             reservations: HashMap::new(),
             ports,
@@ -421,7 +444,7 @@ impl<R: Clone> Core<R> {
     ) -> Output<'a, R> {
         out.clear();
         if ChannelData::is_channel_data(data) {
-            return self.client_channel_data(now, ft, data);
+            return self.client_channel_data(now, ft, data, out);
         }
         let msg = match Message::parse(data) {
             Ok(m) => m,
@@ -437,7 +460,7 @@ impl<R: Clone> Core<R> {
         let res = match msg.class() {
             Class::Request => self.request(now, ft, &msg, out, bind),
             Class::Indication if msg.method() == Method::SEND => {
-                Ok(self.send_indication(now, ft, &msg))
+                Ok(self.send_indication(now, ft, &msg, out))
             }
             _ => {
                 dropped("unexpected_message");
@@ -456,12 +479,17 @@ impl<R: Clone> Core<R> {
         now: Instant,
         ft: FiveTuple,
         data: &'a [u8],
+        out: &mut Vec<u8>,
     ) -> Output<'a, R> {
         let Ok(cd) = ChannelData::parse(data) else {
             dropped("malformed");
             return Output::None;
         };
-        let Some(alloc) = self.by_ft.get(&ft).and_then(|id| self.allocs.get_mut(id)) else {
+        let Some(&id) = self.by_ft.get(&ft) else {
+            dropped("no_allocation");
+            return Output::None;
+        };
+        let Some(alloc) = self.allocs.get(&id) else {
             dropped("no_allocation");
             return Output::None;
         };
@@ -472,25 +500,7 @@ impl<R: Clone> Core<R> {
                 return Output::None;
             }
         };
-        if !alloc.permitted(peer.ip(), now) {
-            dropped("no_permission");
-            return Output::None;
-        }
-        if !alloc.bucket.allow(self.cfg.max_bps, cd.data.len(), now) {
-            dropped("bandwidth");
-            return Output::None;
-        }
-        let Some(relay) = alloc.relay_for(&peer).cloned() else {
-            dropped("family_mismatch");
-            return Output::None;
-        };
-        self.metrics.client_to_peer.increment(cd.data.len() as u64);
-        Output::ToPeer {
-            relay,
-            peer,
-            data: cd.data,
-            dont_fragment: false,
-        }
+        self.relay_client_data(now, id, peer, cd.data, false, out)
     }
 
     fn send_indication<'a>(
@@ -498,13 +508,34 @@ impl<R: Clone> Core<R> {
         now: Instant,
         ft: FiveTuple,
         msg: &MessageRef<'a>,
+        out: &mut Vec<u8>,
     ) -> Output<'a, R> {
-        let Some(alloc) = self.by_ft.get(&ft).and_then(|id| self.allocs.get_mut(id)) else {
+        let Some(&id) = self.by_ft.get(&ft) else {
             dropped("no_allocation");
             return Output::None;
         };
         let (Ok(Some(peer)), Some(data)) = (msg.xor_peer_address(), msg.data()) else {
             dropped("malformed");
+            return Output::None;
+        };
+        self.relay_client_data(now, id, peer, data, msg.dont_fragment(), out)
+    }
+
+    /// Client data of allocation `id` for `peer` (from ChannelData or a Send indication): the permission,
+    /// bandwidth and family checks, then either [`Output::ToPeer`] or, when `peer` is another
+    /// allocation's relayed address on this server, the short circuit ([`Output::ToClient`]).
+    fn relay_client_data<'a>(
+        &mut self,
+        now: Instant,
+        id: AllocId,
+        peer: SocketAddr,
+        data: &'a [u8],
+        dont_fragment: bool,
+        out: &mut Vec<u8>,
+    ) -> Output<'a, R> {
+        let target = self.short_circuit_target(peer);
+        let Some(alloc) = self.allocs.get_mut(&id) else {
+            dropped("no_allocation");
             return Output::None;
         };
         if !alloc.permitted(peer.ip(), now) {
@@ -515,17 +546,47 @@ impl<R: Clone> Core<R> {
             dropped("bandwidth");
             return Output::None;
         }
-        let Some(relay) = alloc.relay_for(&peer).cloned() else {
+        let Some((target, client)) = target else {
+            let Some(relay) = alloc.relay_for(&peer).cloned() else {
+                dropped("family_mismatch");
+                return Output::None;
+            };
+            self.metrics.client_to_peer.increment(data.len() as u64);
+            return Output::ToPeer {
+                relay,
+                peer,
+                data,
+                dont_fragment,
+            };
+        };
+        // `peer` is allocation `target`'s relayed address: hand `data` over as if its relay socket had
+        // received it from our relayed address of the same family (the target does its own checks).
+        let Some(source) = alloc.relay_addr_for(&peer) else {
             dropped("family_mismatch");
             return Output::None;
         };
         self.metrics.client_to_peer.increment(data.len() as u64);
-        Output::ToPeer {
-            relay,
-            peer,
-            data,
-            dont_fragment: msg.dont_fragment(),
+        self.metrics.short_circuit.increment(1);
+        if self.handle_peer(now, target, source, data, out) {
+            Output::ToClient { id: target, client }
+        } else {
+            Output::None
         }
+    }
+
+    /// The allocation whose relayed address is `peer` and its 5-tuple, when the short circuit is on and
+    /// that allocation's client uses UDP (stream clients take the ordinary path through the sockets).
+    fn short_circuit_target(&self, peer: SocketAddr) -> Option<(AllocId, FiveTuple)> {
+        if !self.cfg.relay_short_circuit {
+            return None;
+        }
+        let ip = Some(peer.ip());
+        if ip != self.cfg.relay_v4 && ip != self.cfg.relay_v6 {
+            return None; // not one of ours: skip the hash lookup
+        }
+        let id = *self.by_relay.get(&peer)?;
+        let ft = self.allocs.get(&id)?.ft;
+        (ft.transport == Transport::Udp).then_some((id, ft))
     }
 
     /// Data received on allocation `id`'s relay from `peer`: encode it for the client into `out`
@@ -619,6 +680,10 @@ impl<R: Clone> Core<R> {
     fn remove(&mut self, id: AllocId, why: &'static str) -> Option<R> {
         let a = self.allocs.remove(&id)?;
         self.by_ft.remove(&a.ft);
+        self.by_relay.remove(&a.relay_addr);
+        if let Some(addr2) = a.relay2_addr() {
+            self.by_relay.remove(&addr2);
+        }
         self.ports.release(a.relay_addr.port());
         if let Some((addr2, _)) = &a.relay2 {
             self.ports.release(addr2.port());
@@ -1047,6 +1112,10 @@ impl<R: Clone> Core<R> {
             },
         );
         self.by_ft.insert(ft, id);
+        self.by_relay.insert(relay_addr, id);
+        if let Some(addr2) = relay2_addr {
+            self.by_relay.insert(addr2, id);
+        }
         self.metrics.active.set(self.allocs.len() as f64);
         self.allocate_success(
             out,
@@ -1944,5 +2013,394 @@ mod tests {
         assert_eq!(core.reservations.len(), 1);
         core.tick(t0 + Duration::from_secs(31));
         assert!(core.reservations.is_empty());
+    }
+
+    // ---- relay-to-relay short circuit ----------------------------------------------------------------
+
+    /// Counts what the core reports through the `metrics` facade (installed per test with
+    /// `metrics::with_local_recorder`, so tests running in parallel do not share counts).
+    #[derive(Default)]
+    struct Counts(std::sync::Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>);
+
+    use std::sync::Arc;
+
+    impl Counts {
+        fn slot(&self, key: &metrics::Key) -> Arc<std::sync::atomic::AtomicU64> {
+            let name = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .fold(key.name().to_string(), |n, l| format!("{n}{{{l}}}"));
+            let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(name).or_default().clone()
+        }
+        fn get(&self, name: &str) -> u64 {
+            let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            m.get(name)
+                .map(|v| v.load(std::sync::atomic::Ordering::Relaxed))
+                .unwrap_or(0)
+        }
+    }
+
+    impl metrics::Recorder for Counts {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Counter {
+            Counter::from_arc(self.slot(key))
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.slot(key))
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    /// Two UDP allocations on one core (clients on ports 5000 and 5001): their 5-tuples, relayed
+    /// addresses and ids, and a valid nonce.
+    struct Pair {
+        a: FiveTuple,
+        b: FiveTuple,
+        ra: SocketAddr,
+        rb: SocketAddr,
+        a_id: AllocId,
+        b_id: AllocId,
+        nonce: String,
+    }
+
+    fn pair(core: &mut Core<u16>, t0: Instant, b_transport: Transport) -> Pair {
+        let mut out = Vec::new();
+        let nonce = nonce(core, t0, &mut out);
+        let a = ft();
+        let mut b = ft();
+        b.client.set_port(5001);
+        b.transport = b_transport;
+        let mut relayed = |f: FiveTuple| {
+            let req = request(Method::ALLOCATE, Some(&nonce), |w| {
+                w.add_requested_transport(17).expect("rt")
+            });
+            assert_eq!(run(core, t0, f, &req, &mut out), (None, true));
+            let m = Message::parse(&out).expect("m");
+            let r = m.xor_relayed_address().expect("r").expect("relay");
+            (r, *core.by_ft.get(&f).expect("id"))
+        };
+        let (ra, a_id) = relayed(a);
+        let (rb, b_id) = relayed(b);
+        Pair {
+            a,
+            b,
+            ra,
+            rb,
+            a_id,
+            b_id,
+            nonce,
+        }
+    }
+
+    fn channel_bind(
+        core: &mut Core<u16>,
+        t0: Instant,
+        f: FiveTuple,
+        n: &str,
+        ch: u16,
+        peer: SocketAddr,
+    ) -> Option<u16> {
+        let req = request(Method::CHANNEL_BIND, Some(n), |w| {
+            w.add_channel_number(ch).expect("ch");
+            w.add_xor_peer_address(peer).expect("p");
+        });
+        run(core, t0, f, &req, &mut Vec::new()).0
+    }
+
+    fn create_permission(
+        core: &mut Core<u16>,
+        t0: Instant,
+        f: FiveTuple,
+        n: &str,
+        peer: SocketAddr,
+    ) -> Option<u16> {
+        let req = request(Method::CREATE_PERMISSION, Some(n), |w| {
+            w.add_xor_peer_address(peer).expect("p")
+        });
+        run(core, t0, f, &req, &mut Vec::new()).0
+    }
+
+    fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        ChannelData::encode(&mut v, ch, payload, false).expect("encode");
+        v
+    }
+
+    fn send_indication(peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut w = MessageWriter::new(
+            &mut v,
+            MessageType::new(Method::SEND, Class::Indication),
+            TransactionId([9; 12]),
+        );
+        w.add_xor_peer_address(peer).expect("p");
+        w.add_data(payload).expect("d");
+        v
+    }
+
+    /// What the core does with `data` from client `f`: Some(target id, target 5-tuple) when short-
+    /// circuited (the datagram for the target's client is in `out`), None when dropped; panics on ToPeer.
+    fn client_data(
+        core: &mut Core<u16>,
+        t0: Instant,
+        f: FiveTuple,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<(AllocId, FiveTuple)> {
+        let mut bound = |a: SocketAddr| Ok::<u16, io::Error>(a.port());
+        match core.handle_client(t0, f, data, out, &mut bound) {
+            Output::ToClient { id, client } => Some((id, client)),
+            Output::None => None,
+            Output::ToPeer { peer, .. } => panic!("relayed through the sockets to {peer}"),
+            _ => panic!("unexpected output"),
+        }
+    }
+
+    #[test]
+    fn short_circuit_delivers_data_indication_then_channel_data_to_the_other_allocation() {
+        let counts = Counts::default();
+        metrics::with_local_recorder(&counts, || {
+            let (mut core, t0) = core(50000, 50010);
+            let p = pair(&mut core, t0, Transport::Udp);
+            let mut out = Vec::new();
+            assert_eq!(
+                channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+                None
+            );
+            assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+            // b has a permission but no channel for a's relayed address: a Data indication from ra.
+            let got = client_data(
+                &mut core,
+                t0,
+                p.a,
+                &channel_data(0x4000, b"hello"),
+                &mut out,
+            );
+            assert_eq!(got, Some((p.b_id, p.b)));
+            let m = Message::parse(&out).expect("data indication");
+            assert_eq!(m.method(), Method::DATA);
+            assert_eq!(m.class(), Class::Indication);
+            assert_eq!(m.xor_peer_address().expect("peer"), Some(p.ra));
+            assert_eq!(m.data(), Some(&b"hello"[..]));
+            // Once b binds a channel to ra, the same data arrives as ChannelData on b's channel.
+            assert_eq!(
+                channel_bind(&mut core, t0, p.b, &p.nonce, 0x4005, p.ra),
+                None
+            );
+            let got = client_data(
+                &mut core,
+                t0,
+                p.a,
+                &channel_data(0x4000, b"hello"),
+                &mut out,
+            );
+            assert_eq!(got, Some((p.b_id, p.b)));
+            assert_eq!(out, channel_data(0x4005, b"hello"));
+            // A Send indication from b to ra reaches a on a's channel to rb.
+            let got = client_data(
+                &mut core,
+                t0,
+                p.b,
+                &send_indication(p.ra, b"back"),
+                &mut out,
+            );
+            assert_eq!(got, Some((p.a_id, p.a)));
+            assert_eq!(out, channel_data(0x4000, b"back"));
+            // Counted like the socket path: both directions' bytes, plus the short-circuit count.
+            assert_eq!(
+                counts.get("turn_relayed_bytes_total{direction=client_to_peer}"),
+                14
+            );
+            assert_eq!(
+                counts.get("turn_relayed_bytes_total{direction=peer_to_client}"),
+                14
+            );
+            assert_eq!(counts.get("turn_short_circuit_packets_total"), 3);
+        });
+    }
+
+    #[test]
+    fn short_circuit_without_the_targets_permission_is_dropped_and_counted() {
+        let counts = Counts::default();
+        metrics::with_local_recorder(&counts, || {
+            let (mut core, t0) = core(50000, 50010);
+            let p = pair(&mut core, t0, Transport::Udp);
+            let mut out = Vec::new();
+            assert_eq!(
+                channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+                None
+            );
+            // b never permitted a's relayed address: dropped by b, as its relay socket would drop it.
+            let got = client_data(&mut core, t0, p.a, &channel_data(0x4000, b"x"), &mut out);
+            assert_eq!(got, None);
+            assert!(out.is_empty());
+            assert_eq!(
+                counts.get("turn_dropped_packets_total{reason=no_permission}"),
+                1
+            );
+            assert_eq!(
+                counts.get("turn_relayed_bytes_total{direction=peer_to_client}"),
+                0
+            );
+            // With b's permission it arrives; once that permission has expired (a refreshed its own) it
+            // is dropped at b again.
+            assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+            let got = client_data(&mut core, t0, p.a, &channel_data(0x4000, b"x"), &mut out);
+            assert_eq!(got, Some((p.b_id, p.b)));
+            let later = t0 + Duration::from_secs(301);
+            assert_eq!(
+                create_permission(&mut core, later, p.a, &p.nonce, p.rb),
+                None
+            );
+            let got = client_data(&mut core, later, p.a, &channel_data(0x4000, b"x"), &mut out);
+            assert_eq!(got, None);
+            assert_eq!(
+                counts.get("turn_relayed_bytes_total{direction=peer_to_client}"),
+                1
+            );
+            assert_eq!(
+                counts.get("turn_dropped_packets_total{reason=no_permission}"),
+                2
+            );
+        });
+    }
+
+    #[test]
+    fn short_circuit_charges_the_targets_bandwidth_cap() {
+        let (mut core, t0) = core(50000, 50010);
+        core.cfg.max_bps = 1000;
+        let p = pair(&mut core, t0, Transport::Udp);
+        let mut out = Vec::new();
+        assert_eq!(
+            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+            None
+        );
+        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+        // b's relay already took 800 of its 1000 bytes/s from an outside peer on the same IP.
+        let outside = SocketAddr::new(p.ra.ip(), 9);
+        assert!(core.handle_peer(t0, p.b_id, outside, &[0; 800], &mut out));
+        // a still has its whole budget, b does not: 400 bytes from a are dropped at b.
+        assert_eq!(
+            client_data(
+                &mut core,
+                t0,
+                p.a,
+                &channel_data(0x4000, &[0; 400]),
+                &mut out
+            ),
+            None
+        );
+        assert!(client_data(
+            &mut core,
+            t0,
+            p.a,
+            &channel_data(0x4000, &[0; 100]),
+            &mut out
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn short_circuit_follows_peer_policy_and_setting_and_only_reaches_live_udp_allocations() {
+        // Policy: relayed addresses refused as peers → no permission or channel to them, nothing delivered.
+        let (mut core, t0) = self::core(50000, 50010);
+        core.cfg.policy = PeerPolicy::new(&[], &["192.0.2.1".into()]).expect("policy");
+        let p = pair(&mut core, t0, Transport::Udp);
+        let mut out = Vec::new();
+        assert_eq!(
+            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+            Some(403)
+        );
+        assert_eq!(
+            create_permission(&mut core, t0, p.a, &p.nonce, p.rb),
+            Some(403)
+        );
+        assert_eq!(
+            client_data(&mut core, t0, p.a, &send_indication(p.rb, b"x"), &mut out),
+            None
+        );
+        assert_eq!(
+            client_data(&mut core, t0, p.a, &channel_data(0x4000, b"x"), &mut out),
+            None
+        );
+
+        let to_peer = |core: &mut Core<u16>, f: FiveTuple, data: &[u8]| {
+            let mut bound = |a: SocketAddr| Ok::<u16, io::Error>(a.port());
+            match core.handle_client(t0, f, data, &mut Vec::new(), &mut bound) {
+                Output::ToPeer { relay, peer, .. } => Some((relay, peer)),
+                _ => None,
+            }
+        };
+        // Setting off: the same data leaves through a's relay socket to rb.
+        let (mut core, t0) = self::core(50000, 50010);
+        core.cfg.relay_short_circuit = false;
+        let p = pair(&mut core, t0, Transport::Udp);
+        assert_eq!(
+            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+            None
+        );
+        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+        assert_eq!(
+            to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
+            Some((p.ra.port(), p.rb))
+        );
+
+        // A TCP client's allocation is reached through the sockets (its stream writer is elsewhere).
+        let (mut core, t0) = self::core(50000, 50010);
+        let p = pair(&mut core, t0, Transport::Tcp);
+        assert_eq!(
+            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+            None
+        );
+        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+        assert_eq!(
+            to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
+            Some((p.ra.port(), p.rb))
+        );
+
+        // Once b's allocation is deleted its address is no longer ours: a's data goes to the socket.
+        let (mut core, t0) = self::core(50000, 50010);
+        let p = pair(&mut core, t0, Transport::Udp);
+        assert_eq!(
+            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+            None
+        );
+        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+        assert!(client_data(&mut core, t0, p.a, &channel_data(0x4000, b"x"), &mut out).is_some());
+        let delete = request(Method::REFRESH, Some(&p.nonce), |w| {
+            w.add_lifetime(0).expect("lt")
+        });
+        assert_eq!(run(&mut core, t0, p.b, &delete, &mut out).0, None);
+        assert_eq!(
+            to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
+            Some((p.ra.port(), p.rb))
+        );
     }
 }

@@ -67,6 +67,10 @@ pub struct TurnConfig {
     pub channel_lifetime: u64,
     /// Permission lifetime, seconds. coturn: `permission-lifetime` (300).
     pub permission_lifetime: u64,
+    /// Relay-to-relay short circuit: data from one allocation to another allocation's relayed address on
+    /// this server is delivered inside the server (same permission, policy, quota and metrics checks)
+    /// instead of through two relay sockets. Only when both peers use this server. (Not in coturn.)
+    pub relay_short_circuit: bool,
 }
 
 impl Default for TurnConfig {
@@ -94,6 +98,7 @@ impl Default for TurnConfig {
             max_allocate_lifetime: 3600,
             channel_lifetime: 600,
             permission_lifetime: 300,
+            relay_short_circuit: true,
         }
     }
 }
@@ -160,6 +165,7 @@ impl TurnConfig {
             permission_lifetime: secs(self.permission_lifetime, "permission-lifetime")?,
             channel_lifetime: secs(self.channel_lifetime, "channel-lifetime")?,
             dont_fragment: server::dont_fragment_supported(),
+            relay_short_circuit: self.relay_short_circuit,
             ..CoreConfig::default()
         };
         for u in &self.user {

@@ -13,7 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -55,6 +55,9 @@ enum ClientSink {
 pub(crate) struct Shared {
     core: Mutex<Core<RelayHandle>>,
     pub(crate) cancel: CancellationToken,
+    /// Every UDP listener socket and its address (set once by [`spawn_all`]): the short circuit sends
+    /// to a client from the listener its allocation was made on.
+    listeners: OnceLock<Vec<(SocketAddr, Arc<UdpSocket>)>>,
 }
 
 impl Shared {
@@ -62,6 +65,7 @@ impl Shared {
         Arc::new(Shared {
             core: Mutex::new(core),
             cancel: CancellationToken::new(),
+            listeners: OnceLock::new(),
         })
     }
     fn core(&self) -> MutexGuard<'_, Core<RelayHandle>> {
@@ -71,6 +75,14 @@ impl Shared {
     }
     pub(crate) fn allocation_count(&self) -> usize {
         self.core().allocation_count()
+    }
+    /// A UDP listener socket bound to `addr`.
+    fn listener(&self, addr: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        self.listeners
+            .get()?
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, s)| s)
     }
 }
 
@@ -272,6 +284,19 @@ async fn dispatch(
         Output::Released { relay, .. } => {
             relay.cancel.cancel();
             true
+        }
+        Output::ToClient { client, .. } => {
+            // Short circuit: `reply` is the datagram for the other allocation's UDP client.
+            match shared.listener(client.server) {
+                Some(socket) => {
+                    if let Err(e) = udp_send(socket, reply, client.client).await {
+                        debug!(client = %client.client, error = %e, "short-circuit send failed");
+                        count_send_drops(1);
+                    }
+                }
+                None => count_send_drops(1),
+            }
+            false
         }
         Output::ToPeer {
             relay,
@@ -476,8 +501,10 @@ struct ToPeer {
 }
 
 /// Client → peer fast path: datagrams `from..` of `rx` that are ChannelData go through the core under
-/// one lock and are queued in `pending`. Stops at the first other message (a STUN request or indication,
-/// handled by the caller one at a time) and returns its index (`n` when there is none).
+/// one lock; those for a peer are queued in `pending`, those the core short-circuits to another
+/// allocation's client on this listener address are encoded straight into `to_clients`. Stops at the
+/// first other message (a STUN request or indication, handled by the caller one at a time) and returns
+/// its index (`n` when there is none).
 #[allow(clippy::too_many_arguments)]
 fn client_batch(
     shared: &Shared,
@@ -486,8 +513,8 @@ fn client_batch(
     n: usize,
     local: SocketAddr,
     now: Instant,
-    out: &mut Vec<u8>,
     pending: &mut Vec<ToPeer>,
+    to_clients: &mut SendBatch,
 ) -> usize {
     let mut core = None;
     for k in from..n {
@@ -507,22 +534,56 @@ fn client_batch(
         let mut no_bind = |_: SocketAddr| -> io::Result<RelayHandle> {
             Err(io::Error::other("ChannelData never allocates"))
         };
-        if let Output::ToPeer {
-            relay, peer, data, ..
-        } = core.handle_client(now, ft, data, out, &mut no_bind)
-        {
-            if let Some((off, len)) = rx.offset_in(k, data) {
-                pending.push(ToPeer {
-                    relay,
-                    peer,
-                    k,
-                    off,
-                    len,
-                });
+        // At most BATCH datagrams per call and `to_clients` is flushed after each call: never full.
+        let Some(out) = to_clients.next_buf() else {
+            count_send_drops(1);
+            continue;
+        };
+        match core.handle_client(now, ft, data, out, &mut no_bind) {
+            Output::ToPeer {
+                relay, peer, data, ..
+            } => {
+                if let Some((off, len)) = rx.offset_in(k, data) {
+                    pending.push(ToPeer {
+                        relay,
+                        peer,
+                        k,
+                        off,
+                        len,
+                    });
+                }
             }
+            Output::ToClient { client, .. } if client.server == local => {
+                to_clients.commit(client.client);
+            }
+            Output::ToClient { client, .. } => {
+                // The other allocation was made on another listening address: send from there.
+                let sent = shared
+                    .listener(client.server)
+                    .is_some_and(|s| s.try_send_to(out, client.client).is_ok());
+                if !sent {
+                    count_send_drops(1);
+                }
+            }
+            _ => {}
         }
     }
     n
+}
+
+/// Send the short-circuited datagrams queued in `to_clients` from listener socket `fd`.
+fn flush_to_clients(to_clients: &mut SendBatch, fd: i32) {
+    let queued = to_clients.len();
+    if queued == 0 {
+        return;
+    }
+    match to_clients.flush(fd) {
+        Ok(sent) => count_send_drops(queued - sent),
+        Err(e) => {
+            debug!(error = %e, "short-circuit send failed");
+            count_send_drops(queued);
+        }
+    }
 }
 
 /// Send every queued client → peer datagram, one `sendmmsg` per run of datagrams on the same relay.
@@ -557,6 +618,7 @@ pub(crate) async fn udp_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local:
     let mut rx = RecvBatch::new();
     let mut scratch = SendScratch::new();
     let mut pending: Vec<ToPeer> = Vec::with_capacity(BATCH);
+    let mut to_clients = SendBatch::new(crate::batch::SLOT + 64);
     let mut out = Vec::with_capacity(2048);
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
@@ -600,8 +662,18 @@ pub(crate) async fn udp_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local:
             let now = Instant::now();
             let mut k = 0;
             while k < n {
-                k = client_batch(&shared, &rx, k, n, local, now, &mut out, &mut pending);
+                k = client_batch(
+                    &shared,
+                    &rx,
+                    k,
+                    n,
+                    local,
+                    now,
+                    &mut pending,
+                    &mut to_clients,
+                );
                 flush_to_peers(&rx, &mut pending, &mut scratch);
+                flush_to_clients(&mut to_clients, socket.as_raw_fd());
                 if k >= n {
                     break;
                 }
@@ -798,10 +870,14 @@ pub(crate) fn spawn_all(
     tls: Vec<(TcpListener, tokio_rustls::TlsAcceptor)>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for (socks, local) in udp {
-        for s in socks {
-            tasks.push(tokio::spawn(udp_loop(shared.clone(), Arc::new(s), local)));
-        }
+    let listeners: Vec<(SocketAddr, Arc<UdpSocket>)> = udp
+        .into_iter()
+        .flat_map(|(socks, local)| socks.into_iter().map(move |s| (local, Arc::new(s))))
+        .collect();
+    // Known before any datagram is handled.
+    let _ = shared.listeners.set(listeners.clone());
+    for (local, s) in listeners {
+        tasks.push(tokio::spawn(udp_loop(shared.clone(), s, local)));
     }
     for l in tcp {
         tasks.push(tokio::spawn(tcp_accept_loop(shared.clone(), l, None)));
