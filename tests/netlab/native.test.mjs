@@ -2,7 +2,8 @@
 //   (7) CLI behind a symmetric NAT (A), Chromium behind an endpoint-independent NAT (B): chat both ways and a 5 MiB
 //       file CLI -> browser with a verified SHA-256, through the TURN relay (turn_relayed_bytes_total grows);
 //   (8) CLI <-> CLI, both behind endpoint-independent NATs: a direct pair (hole punching with the server-reflexive
-//       candidates the CLI gathered via STUN), a 2 MiB file arrives with sha256 OK and TURN relays ~0 bytes of it.
+//       candidates the CLI gathered via STUN) as each CLI reports it; a 2 MiB file sent then (`/send`) arrives with
+//       sha256 OK over that flow and TURN relays ~0 bytes of it.
 // Run: sudo node --test --test-concurrency=1 tests/netlab/   (see docs/nat-traversal.md)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -103,6 +104,9 @@ test('(7) native CLI behind a symmetric NAT + Chromium behind an EIM NAT: chat b
 
     const s = (await peerStats(web.page))[cliId];
     lab.note(`Web (B) selected pair to the CLI: ${describePair(s)}`);
+    const cliPaths = cli.stderr.filter((l) => l.startsWith('* path to Web:'));
+    for (const l of cliPaths) lab.note(`CLI: ${l}`);
+    assert.match(cliPaths.at(-1) || '', /: relayed \((our|their|both) TURN[^)]*\) udp .*203\.0\.113\.1:\d+/, fail("the CLI reports its pair to the browser as relayed"));
     for (const l of cli.stderr.filter((x) => /relayed candidate|TURN allocation ready|TURN over UDP failed/.test(x))) lab.note(`CLI: ${l.trim()}`);
     assert.equal(s?.path, 'relay', fail(`the browser's pair to the CLI goes through the relay: ${describePair(s)}`));
     const relayed = lab.turnRelayedBytes() - before;
@@ -115,7 +119,17 @@ test('(7) native CLI behind a symmetric NAT + Chromium behind an EIM NAT: chat b
   });
 });
 
-test('(8) native CLI <-> native CLI behind EIM NATs: direct pair, 2 MiB file with sha256 OK, TURN relays ~0 bytes', { skip: skipReason || false, timeout: 80000 }, async (t) => {
+/** Bytes (both directions) of each UDP flow between router `r` and `peerIp`, keyed by the flow's original tuple. */
+function flowBytes(lab, r, peerIp) {
+  const out = new Map();
+  for (const l of conntrackUdp(lab, r).filter((x) => x.includes(`dst=${peerIp}`))) {
+    const key = l.match(/src=\S+ dst=\S+ sport=\d+ dport=\d+/)?.[0] || l;
+    out.set(key, [...l.matchAll(/bytes=(\d+)/g)].reduce((s, m) => s + Number(m[1]), 0));
+  }
+  return out;
+}
+
+test('(8) native CLI <-> native CLI behind EIM NATs: once ICE reports a direct pair, a 2 MiB file goes over it (sha256 OK), TURN relays ~0 bytes', { skip: skipReason || false, timeout: 80000 }, async (t) => {
   await withLab(t, 'cli-direct', { a: { nat: 'eim' }, b: { nat: 'eim' } }, async ({ lab }) => {
     const room = 'cli-direct-room';
     // Byte counters on the routers' conntrack entries: shows which flows carried the file.
@@ -125,45 +139,52 @@ test('(8) native CLI <-> native CLI behind EIM NATs: direct pair, 2 MiB file wit
     const bee = lab.startCli('b', ['--room', room, '--token', lab.token(room, 'bee-b', 'Bee'), '--name', 'Bee', '--receive-dir', recvDir], { env: CLI_ENV });
     const fail0 = (what) => `${what}\n${bee.log('Bee')}\nserver log (tail):\n${(lab.server?.log || []).slice(-20).join('\n')}`;
     await cliJoined(bee, fail0);
-
-    const before = lab.turnRelayedBytes();
-    const ay = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'ay-a', 'Ay'), '--name', 'Ay', '--send-file', f.file, '--exit-after-send'], { env: CLI_ENV });
+    const ay = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'ay-a', 'Ay'), '--name', 'Ay'], { env: CLI_ENV });
     const fail = (what) => `${what}\n${ay.log('Ay')}\n${bee.log('Bee')}\nserver log (tail):\n${(lab.server?.log || []).slice(-20).join('\n')}`;
     await cliJoined(ay, fail);
     await waitLine(bee, 'stderr', (l) => l === '* connected to Ay', 'Bee connected to Ay', fail, 30000);
+    await waitLine(ay, 'stderr', (l) => l === '* connected to Bee', 'Ay connected to Bee', fail, 30000);
 
+    // ICE may nominate a relayed pair first (it answers before the NATs' holes are punched) and move to the direct
+    // pair moments later; each CLI prints the pair in use whenever it changes. Wait for the direct one on both sides.
+    const pathLines = (cli, who) => cli.stderr.filter((l) => l.startsWith(`* path to ${who}:`));
+    const isDirect = (lines) => lines.length > 0 && / direct udp /.test(lines[lines.length - 1]);
+    await until(() => isDirect(pathLines(ay, 'Bee')) && isDirect(pathLines(bee, 'Ay')), { timeout: 30000, what: 'both CLIs on a direct pair' }).catch((e) =>
+      assert.fail(fail(e.message)),
+    );
+    for (const l of [...pathLines(ay, 'Bee').map((x) => `Ay:  ${x}`), ...pathLines(bee, 'Ay').map((x) => `Bee: ${x}`)]) lab.note(l);
+    assert.match(pathLines(ay, 'Bee').at(-1), /-> 203\.0\.113\.20:\d+$/, fail("Ay's direct pair goes to B's NAT"));
+    assert.match(pathLines(bee, 'Ay').at(-1), /-> 203\.0\.113\.10:\d+$/, fail("Bee's direct pair goes to A's NAT"));
+
+    const relayedBefore = lab.turnRelayedBytes();
+    const flowsBefore = flowBytes(lab, 'ra', '203.0.113.20');
+    ay.proc.stdin.write(`/send ${f.file}\n`);
     const recvPath = path.join(recvDir, 'a-to-b.bin');
     await waitLine(bee, 'stdout', (l) => l === `received ${recvPath} (${f.size} bytes, sha256 OK) from Ay`, 'Bee received the file', fail, 40000);
     await waitLine(ay, 'stdout', (l) => l === `sent ${f.file} to Bee (${f.size} bytes, sha256 OK)`, 'Ay send confirmation', fail);
-    const relayed = lab.turnRelayedBytes() - before;
+    const relayed = lab.turnRelayedBytes() - relayedBefore;
+    const flowsAfter = flowBytes(lab, 'ra', '203.0.113.20');
     assert.equal(crypto.createHash('sha256').update(fs.readFileSync(recvPath)).digest('hex'), f.sha256, 'file on disk matches');
-    const st = await until(() => ay.exited, { timeout: 10000, interval: 100, what: 'Ay exits after sending (--exit-after-send)' }).catch((e) => assert.fail(fail(e.message)));
-    assert.equal(st.code, 0, fail(`Ay exit status ${JSON.stringify(st)}`));
+    assert.ok(isDirect(pathLines(ay, 'Bee')) && isDirect(pathLines(bee, 'Ay')), fail('the pair stayed direct during the transfer'));
 
-    // Chat both ways (a fresh CLI in A, the direct path again).
-    const cee = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'cee-a', 'Cee'), '--name', 'Cee'], { env: CLI_ENV });
-    const failC = (what) => `${fail(what)}\n${cee.log('Cee')}`;
-    await cliJoined(cee, failC);
-    await waitLine(cee, 'stderr', (l) => l === '* connected to Bee', 'Cee connected to Bee', failC, 30000);
-    cee.proc.stdin.write('hi from A\n');
-    await waitLine(bee, 'stdout', (l) => l === 'Cee: hi from A', 'chat at Bee', failC, 15000);
+    // Chat both ways on the same path.
+    ay.proc.stdin.write('hi from A\n');
+    await waitLine(bee, 'stdout', (l) => l === 'Ay: hi from A', 'chat at Bee', fail, 15000);
     bee.proc.stdin.write('hi from B\n');
-    await waitLine(cee, 'stdout', (l) => l === 'Bee: hi from B', 'chat at Cee', failC, 15000);
+    await waitLine(ay, 'stdout', (l) => l === 'Bee: hi from B', 'chat at Ay', fail, 15000);
 
-    // Path info: the CLI does not report its selected pair; the routers' conntrack shows the flows between the two
-    // public NAT addresses (A 203.0.113.10 <-> B 203.0.113.20) and their byte counts.
-    const direct = conntrackUdp(lab, 'ra').filter((l) => l.includes('dst=203.0.113.20'));
-    for (const l of direct) lab.note(`router A conntrack (direct flow): ${l.replace(/\s+/g, ' ').trim()}`);
-    for (const l of [...ay.stderr, ...bee.stderr].filter((x) => /relayed candidate|TURN allocation ready/.test(x)).slice(0, 4)) lab.note(`CLI: ${l.trim()}`);
-    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total) from Ay's join to the end of its ${f.size}-byte file`);
-    const flowBytes = direct.map((l) => [...l.matchAll(/bytes=(\d+)/g)].reduce((s, m) => s + Number(m[1]), 0));
-    assert.ok(direct.length > 0, fail(`no UDP flow A -> 203.0.113.20 in router A's conntrack:\n${conntrackUdp(lab, 'ra').join('\n')}`));
-    assert.ok(Math.max(...flowBytes) > f.size, `the file went over a direct flow between the NATs (bytes per flow: ${flowBytes})`);
-    assert.ok(relayed < 50000, `TURN relayed ~0 bytes of the file (${relayed} bytes; ICE checks of relay candidates cost a few kB)`);
+    // The routers' conntrack shows the flow between the two public NAT addresses (A 203.0.113.10 <-> B
+    // 203.0.113.20) and how many bytes it carried during the transfer.
+    const deltas = [...flowsAfter].map(([k, b]) => [k, b - (flowsBefore.get(k) || 0)]);
+    for (const [k, d] of deltas) lab.note(`router A conntrack, direct flow ${k}: +${d} bytes during the transfer`);
+    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total) during the ${f.size}-byte transfer`);
+    assert.ok(deltas.length > 0, fail(`no UDP flow A -> 203.0.113.20 in router A's conntrack:\n${conntrackUdp(lab, 'ra').join('\n')}`));
+    assert.ok(Math.max(...deltas.map(([, d]) => d)) > f.size, `the file went over one direct flow between the NATs (bytes per flow: ${deltas.map(([, d]) => d)})`);
+    assert.ok(relayed < 50000, `TURN relayed ~0 bytes of the file (${relayed} bytes; keepalives and checks of relay candidates cost a few kB)`);
 
-    for (const c of [cee, bee]) {
+    for (const c of [ay, bee]) {
       const s = await stopCli(c);
-      assert.equal(s?.code, 0, failC(`CLI exit status ${JSON.stringify(s)}`));
+      assert.equal(s?.code, 0, fail(`CLI exit status ${JSON.stringify(s)}`));
     }
   });
 });

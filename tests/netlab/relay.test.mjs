@@ -1,7 +1,9 @@
 // NAT traversal through Switchboard's TURN server, with real NATs (nftables masquerade in network namespaces):
 //   (2) one client behind a symmetric NAT: connects via a relay candidate, and TURN relays the media;
 //   (3) UDP blocked at one NAT: connects via TURN over TCP;
-//   (4) control: without TURN, symmetric + symmetric never connects (the relay is what makes (2)/(3) work).
+//   (4) control: without TURN, symmetric + symmetric never connects (the relay is what makes (2)/(3) work);
+//   (11) both behind symmetric NATs: relayed through our TURN;
+//   (12) a corporate firewall at A (no UDP, TCP only to 443/8080): connects via TURN over TLS on 443.
 // Run: sudo node --test --test-concurrency=1 tests/netlab/   (see docs/nat-traversal.md)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -63,4 +65,52 @@ test('(4) control: without TURN (--no-turn), symmetric + symmetric NATs do not c
     assert.equal(last.b?.path ?? null, null);
     lab.note(`TURN relayed bytes: n/a (TURN disabled)`);
   });
+});
+
+test('(11) both sides behind symmetric NATs: the call goes through a TURN relay, which relays the media', { skip: skipReason || false, timeout: 90000 }, async (t) => {
+  await withLab(t, 'sym-sym', { a: { nat: 'symmetric' }, b: { nat: 'symmetric' } }, async ({ lab }) => {
+    const before = lab.turnRelayedBytes();
+    const { alice, bob, sa, sb } = await joinPair(lab, 'symsym-room', { path: 'relay' });
+    assert.equal(sa.path, 'relay', `Alice's pair goes through the relay: ${describePair(sa)}`);
+    assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
+    const g = await mediaGrowth(bob, alice, 3000);
+    assert.ok(g.frames > 0 && g.samples > 0, `media flows through the relay: ${JSON.stringify(g)}`);
+    const relayed = lab.turnRelayedBytes() - before;
+    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
+    assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+  });
+});
+
+test('(12) corporate firewall at A (no UDP, TCP only to 443/8080): connects via TURN over TLS on 443', { skip: skipReason || false, timeout: 90000 }, async (t) => {
+  let cert;
+  await withLab(
+    t,
+    'web-only',
+    {
+      a: { nat: 'eim', webOnly: true },
+      b: { nat: 'eim' },
+      env: (lab) => {
+        cert = lab.selfSignedCertificate();
+        return { SWITCHBOARD_TURN_CERT: cert.cert, SWITCHBOARD_TURN_PKEY: cert.key, SWITCHBOARD_TURN_TLS_LISTENING_PORT: '443' };
+      },
+    },
+    async ({ lab }) => {
+      lab.note(`server TURN listeners: ${Object.entries(lab.server.listening).filter(([k]) => k.startsWith('turn')).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+      // Chromium checks the TURN server's certificate: trust our self-signed one by its public key.
+      lab.browserArgs.push(`--ignore-certificate-errors-spki-list=${cert.spki}`);
+      const before = lab.turnRelayedBytes();
+      const { alice, bob, sa, sb } = await joinPair(lab, 'tls-room', { timeout: 40000 });
+      const iceServers = await alice.page.evaluate(() => window.switchboardApp.room.iceServers.flatMap((s) => [].concat(s.urls)));
+      lab.note(`ICE servers offered: ${iceServers.join(' ')}`);
+      assert.ok(iceServers.some((u) => u.startsWith('turns:203.0.113.1:443')), `the server offers turns: on 443 (${iceServers})`);
+      assert.equal(sa.local, 'relay', `Alice (behind the firewall) uses a relay candidate: ${describePair(sa)}`);
+      assert.equal(sa.relayProtocol, 'tls', `Alice reaches TURN over TLS: ${describePair(sa)}`);
+      assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
+      const g = await mediaGrowth(alice, bob, 3000);
+      assert.ok(g.frames > 0 && g.samples > 0, `media flows over TURN/TLS: ${JSON.stringify(g)}`);
+      const relayed = lab.turnRelayedBytes() - before;
+      lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
+      assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+    },
+  );
 });

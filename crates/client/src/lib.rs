@@ -51,6 +51,6 @@ mod tls;
 pub use error::Error;
 pub use file::{sha256_file, ReceivedFile, FILE_CHUNK};
 pub use ice::IceServer;
-pub use peer::{ChannelKind, FileDelivery, PeerState};
+pub use peer::{ChannelKind, FileDelivery, PeerPath, PeerState};
 pub use room::{ConnectOptions, Room, RoomEvent, RoomOptions, SignalingState};
 pub use signaling::{dev_token, CandidateInit, ParticipantInfo, ServerUrl, PROTOCOL_VERSION};

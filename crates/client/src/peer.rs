@@ -3,7 +3,7 @@
 //! Roles follow `docs/protocol.md`: the later joiner offers first, the peer whose id sorts lower is impolite
 //! (perfect negotiation). The three data channels are negotiated out of band with the browser SDK's ids.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::broadcast;
 use tokio::sync::{mpsc, oneshot};
@@ -124,6 +124,62 @@ pub struct FileDelivery {
     pub error: Option<String>,
 }
 
+/// The path media and data take to a participant: the ICE candidate pair in use.
+///
+/// ```
+/// use client::PeerPath;
+/// let p = PeerPath {
+///     local: "10.0.0.2:50000".parse().unwrap(),
+///     remote: "203.0.113.20:50000".parse().unwrap(),
+///     protocol: "udp".into(),
+///     relay_protocol: None,
+///     remote_relayed: false,
+/// };
+/// assert!(!p.is_relayed());
+/// assert_eq!(p.to_string(), "direct udp 10.0.0.2:50000 -> 203.0.113.20:50000");
+///
+/// // To the remote's relayed candidate: through its TURN server.
+/// let theirs = PeerPath { remote_relayed: true, ..p.clone() };
+/// assert!(theirs.is_relayed());
+/// assert_eq!(theirs.to_string(), "relayed (their TURN) udp 10.0.0.2:50000 -> 203.0.113.20:50000");
+///
+/// // From our own relayed candidate (a TURN allocation reached over TLS).
+/// let ours = PeerPath { relay_protocol: Some("tls".into()), ..p };
+/// assert!(ours.to_string().starts_with("relayed (our TURN over tls) udp"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPath {
+    /// Our side of the pair (for a relayed pair: the TURN relayed address).
+    pub local: SocketAddr,
+    /// The remote side of the pair.
+    pub remote: SocketAddr,
+    /// Transport of the pair (`udp`, `tcp`).
+    pub protocol: String,
+    /// Set when our side is a TURN relay: how the TURN server is reached (`udp`, `tcp`, `tls`).
+    pub relay_protocol: Option<String>,
+    /// The remote side is the remote's TURN relay (a relayed candidate it signaled).
+    pub remote_relayed: bool,
+}
+
+impl PeerPath {
+    /// Whether the data goes through a TURN relay (ours or the remote's), else directly between the peers.
+    pub fn is_relayed(&self) -> bool {
+        self.relay_protocol.is_some() || self.remote_relayed
+    }
+}
+
+impl std::fmt::Display for PeerPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (p, l, r) = (&self.protocol, self.local, self.remote);
+        match (&self.relay_protocol, self.remote_relayed) {
+            (Some(via), false) => write!(f, "relayed (our TURN over {via}) {p} {l} -> {r}"),
+            (Some(via), true) => write!(f, "relayed (both TURN, ours over {via}) {p} {l} -> {r}"),
+            (None, true) => write!(f, "relayed (their TURN) {p} {l} -> {r}"),
+            (None, false) => write!(f, "direct {p} {l} -> {r}"),
+        }
+    }
+}
+
 /// Acknowledgement of one transfer (internal).
 #[derive(Debug)]
 pub(crate) struct FileAck {
@@ -187,6 +243,8 @@ pub(crate) enum PeerEvent {
         candidate: String,
         relay_protocol: Option<&'static str>,
     },
+    /// The candidate pair in use changed.
+    Path(PeerPath),
     /// Something worth showing (a relay that could not be allocated, ...).
     Warning {
         code: &'static str,
@@ -397,6 +455,12 @@ struct Peer {
     mids: Vec<(Mid, MediaKind)>,
     /// Video m-lines that got a keyframe (frames before it are not sent).
     video_started: Vec<Mid>,
+    /// The candidate pair last reported (from str0m's stats).
+    /// (local, remote, remote is a relayed candidate): a candidate signaled after the pair was selected can
+    /// reveal that the remote side is a relay.
+    path: Option<(SocketAddr, SocketAddr, bool)>,
+    /// Addresses of the remote's relayed candidates (a pair to one of them goes through the remote's TURN).
+    remote_relays: HashSet<SocketAddr>,
     rec_video: Option<IvfWriter>,
     rec_audio: Option<OggOpusWriter>,
     keyframe_requested: Option<Instant>,
@@ -414,8 +478,13 @@ impl Drop for Peer {
     }
 }
 
+/// How often str0m reports stats (the selected candidate pair among them).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
 fn new_rtc() -> Rtc {
-    Rtc::builder().build(Instant::now())
+    Rtc::builder()
+        .set_stats_interval(Some(STATS_INTERVAL))
+        .build(Instant::now())
 }
 
 async fn run_peer(
@@ -506,6 +575,8 @@ async fn run_peer(
         media_rx: None,
         mids: Vec::new(),
         video_started: Vec::new(),
+        path: None,
+        remote_relays: HashSet::new(),
         rec_video: None,
         rec_audio: None,
         keyframe_requested: None,
@@ -1151,6 +1222,30 @@ impl Peer {
         let _ = self.out.send(PeerOut::Signal(msg));
     }
 
+    /// Reports the candidate pair in use when it changed (relayed when its local side is one of our TURN
+    /// relayed addresses).
+    fn on_selected_pair(&mut self, local: SocketAddr, remote: SocketAddr, proto: Protocol) {
+        let remote_relayed = self.remote_relays.contains(&remote);
+        if self.path == Some((local, remote, remote_relayed)) {
+            return;
+        }
+        self.path = Some((local, remote, remote_relayed));
+        let relay_protocol = self
+            .turns
+            .iter()
+            .find(|s| s.alloc.relayed() == Some(local))
+            .map(|s| s.transport.name().to_string());
+        let path = PeerPath {
+            local,
+            remote,
+            protocol: proto.to_string(),
+            relay_protocol,
+            remote_relayed,
+        };
+        tracing::info!(peer = %self.remote_id, %path, "candidate pair selected");
+        self.emit(PeerEvent::Path(path));
+    }
+
     fn emit(&self, event: PeerEvent) {
         let _ = self.out.send(PeerOut::Event {
             from: self.remote_id.clone(),
@@ -1227,6 +1322,11 @@ impl Peer {
                 }
             }
             Event::Connected => self.set_state(PeerState::Connected),
+            Event::PeerStats(st) => {
+                if let Some(pair) = st.selected_candidate_pair {
+                    self.on_selected_pair(pair.local.addr, pair.remote.addr, pair.protocol);
+                }
+            }
             Event::ChannelOpen(id, label) => {
                 if let Some(i) = self.channel_index(id) {
                     tracing::debug!(peer = %self.remote_id, %label, "data channel open");
@@ -1505,6 +1605,7 @@ impl Peer {
     fn rollback(&mut self) {
         if self.pending.take().is_some() && !self.negotiated {
             self.rtc = new_rtc();
+            self.path = None;
             self.channels = None;
             self.open = [false; 3];
             self.remote_set = false;
@@ -1575,6 +1676,7 @@ impl Peer {
             tracing::debug!(peer = %self.remote_id, "offer collision: polite, rolling back ours");
             self.rollback();
         }
+        self.note_remote_relays(sdp);
         let offer = match SdpOffer::from_sdp_string(sdp) {
             Ok(o) => o,
             Err(e) => {
@@ -1611,6 +1713,7 @@ impl Peer {
             tracing::debug!(peer = %self.remote_id, "stale answer ignored");
             return;
         };
+        self.note_remote_relays(sdp);
         let answer = match SdpAnswer::from_sdp_string(sdp) {
             Ok(a) => a,
             Err(e) => {
@@ -1644,11 +1747,31 @@ impl Peer {
         if cand.proto() != Protocol::Udp {
             return;
         }
+        self.note_remote_relay(&cand);
         if self.remote_set {
             self.rtc.add_remote_candidate(cand);
             self.drain();
         } else if self.early_candidates.len() < 100 {
             self.early_candidates.push(cand);
+        }
+    }
+
+    /// Remembers the relayed candidates of a remote description (to tell a pair through the remote's TURN).
+    fn note_remote_relays(&mut self, sdp: &str) {
+        for line in sdp.lines() {
+            if let Some(c) = line.trim().strip_prefix("a=") {
+                if c.starts_with("candidate:") {
+                    if let Ok(cand) = Candidate::from_sdp_string(c) {
+                        self.note_remote_relay(&cand);
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_remote_relay(&mut self, cand: &Candidate) {
+        if cand.kind() == CandidateKind::Relayed && self.remote_relays.len() < 64 {
+            self.remote_relays.insert(cand.addr());
         }
     }
 

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::file::{FileControl, FILE_CHUNK};
 use crate::peer::{
     default_host_ips, ChannelKind, FileDelivery, FileFrame, FileJob, PeerCmd, PeerConfig,
-    PeerEvent, PeerHandle, PeerOut, PeerState,
+    PeerEvent, PeerHandle, PeerOut, PeerPath, PeerState,
 };
 use crate::signaling::{self, ClientMsg, Joined, ParticipantInfo, ServerMsg, Ws};
 use crate::{Error, ReceivedFile};
@@ -130,6 +130,15 @@ pub enum RoomEvent {
         candidate: String,
         /// For a relayed candidate: how the TURN server is reached (`udp`, `tcp` or `tls`).
         relay_protocol: Option<String>,
+    },
+    /// The candidate pair carrying media and data to a participant changed (checked every second):
+    /// direct, or relayed through TURN. ICE may start on a relayed pair and move to a direct one once
+    /// hole punching succeeds.
+    Path {
+        /// The remote participant.
+        participant: ParticipantInfo,
+        /// The pair now in use.
+        path: PeerPath,
     },
     /// The signaling connection changed state.
     Signaling(SignalingState),
@@ -995,6 +1004,10 @@ impl Actor {
                 participant: p,
                 candidate,
                 relay_protocol: relay_protocol.map(str::to_string),
+            },
+            PeerEvent::Path(path) => RoomEvent::Path {
+                participant: p,
+                path,
             },
             PeerEvent::Warning { code, message } => RoomEvent::Error {
                 code: code.to_string(),

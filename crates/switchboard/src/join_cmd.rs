@@ -1,6 +1,9 @@
 //! `switchboard join`: a native participant from the terminal (chat, file transfer).
 //!
 //! stdin lines are sent as chat to everyone; incoming chat is printed as `<name>: text` on stdout.
+//! A stdin line `/send PATH` sends that file to everyone connected (like `--send-file`).
+//! The path to each peer is printed when it changes: `* path to <name>: direct udp A -> B` or
+//! `* path to <name>: relayed (TURN over udp) ...`.
 //! `--send-file` sends a file once peers are connected and waits for their checksum confirmation;
 //! `--receive-dir` stores received files (after verifying their SHA-256).
 //! `--relay-only` connects through TURN only; `--ice-servers JSON` replaces the server's STUN/TURN list;
@@ -176,7 +179,19 @@ async fn session(args: &JoinArgs, room: Arc<Room>) -> anyhow::Result<()> {
             line = stdin.recv(), if stdin_open => match line {
                 Some(line) => {
                     let text = line.trim_end();
-                    if !text.is_empty() {
+                    if let Some(path) = text.strip_prefix("/send ") {
+                        let path = PathBuf::from(path.trim());
+                        if send_task.is_some() || send_pending.is_some() {
+                            eprintln!("! a file is already being sent");
+                        } else if ready.is_empty() {
+                            eprintln!("! nobody to send {} to yet", path.display());
+                        } else if !tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
+                            eprintln!("! {} is not a readable file", path.display());
+                        } else {
+                            let room = room.clone();
+                            send_task = Some(tokio::spawn(async move { send_file(&room, &path).await }));
+                        }
+                    } else if !text.is_empty() {
                         room.send_chat(text).await?;
                     }
                 }
@@ -238,6 +253,9 @@ async fn session(args: &JoinArgs, room: Arc<Room>) -> anyhow::Result<()> {
                         } else {
                             tracing::info!(peer = %participant.display_name(), %candidate, "local candidate");
                         }
+                    }
+                    RoomEvent::Path { participant, path } => {
+                        eprintln!("* path to {}: {path}", participant.display_name());
                     }
                     RoomEvent::ParticipantUpdated(_) | RoomEvent::Data { .. } => {}
                 }

@@ -12,6 +12,7 @@
 //   CHROMIUM         the browser (default /usr/bin/chromium)
 //   NETLAB_KEEP=1    do not delete the namespaces at the end (inspect them; then lib/netlab.sh down <prefix>)
 import { spawn, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -124,6 +125,7 @@ export class Lab {
     this.log = [];
     installSignalHandlers();
     live.add(this);
+    this.browserArgs = []; // extra Chromium flags of this lab (e.g. a trusted TURN certificate)
     this.configFile = path.join(this.tmp, 'switchboard.toml');
     fs.writeFileSync(this.configFile, `[auth]\nkeys = { ${API_KEY} = "${API_SECRET}" }\n`);
   }
@@ -135,18 +137,20 @@ export class Lab {
   }
 
   /**
-   * Builds the topology. `a`/`b`: { nat: 'eim'|'symmetric', udpBlock: bool }.
+   * Builds the topology. `a`/`b`: { nat: 'eim'|'symmetric', udpBlock: bool, webOnly: bool } (webOnly: no UDP and
+   * TCP only to ports 443/8080 — a corporate firewall).
    */
   async start({ a = {}, b = {} } = {}) {
     netlab('up', this.prefix);
     this.up = true;
     this.setNat('a', a);
     this.setNat('b', b);
-    this.note(`topology ${this.prefix}: A ${a.nat || 'eim'}${a.udpBlock ? '+udp-block' : ''}, B ${b.nat || 'eim'}${b.udpBlock ? '+udp-block' : ''}`);
+    const fw = (x) => (x.webOnly ? '+web-only' : x.udpBlock ? '+udp-block' : '');
+    this.note(`topology ${this.prefix}: A ${a.nat || 'eim'}${fw(a)}, B ${b.nat || 'eim'}${fw(b)}`);
   }
 
-  setNat(side, { nat = 'eim', udpBlock = false } = {}) {
-    netlab('nat', this.prefix, side, nat, udpBlock ? 'udp-block' : 'none');
+  setNat(side, { nat = 'eim', udpBlock = false, webOnly = false } = {}) {
+    netlab('nat', this.prefix, side, nat, webOnly ? 'web-only' : udpBlock ? 'udp-block' : 'none');
   }
 
   readdress(side, ip) {
@@ -208,7 +212,7 @@ export class Lab {
           if (srv.log.length > 4000) srv.log.splice(0, 2000);
           const m = which === 'stdout' && line.match(/^listening (\S+) (\S+)/);
           if (m) srv.listening[m[1]] = m[2];
-          if (srv.listening.http && (!turn || srv.listening['turn-udp'])) resolve();
+          if (srv.listening.http && (!turn || srv.listening['turn-udp']) && (!turn || !env.SWITCHBOARD_TURN_CERT || srv.listening['turn-tls'])) resolve();
         }
       };
       proc.stdout.on('data', onData('stdout'));
@@ -219,6 +223,23 @@ export class Lab {
     await withTimeout(ready, timeoutMs, `server "listening" lines:\n${srv.log.join('\n')}`);
     this.note(`server pid ${srv.pid}: ${Object.entries(srv.listening).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     return srv;
+  }
+
+  /**
+   * A self-signed certificate for the server's public address (openssl, EC P-256, CA:FALSE so rustls/webpki can
+   * take it as a trust anchor) and the base64 SHA-256 of its public key, which Chromium's
+   * `--ignore-certificate-errors-spki-list` accepts. Returns {cert, key, spki} (file paths, hash).
+   */
+  selfSignedCertificate() {
+    const cert = path.join(this.tmp, 'turn-cert.pem');
+    const key = path.join(this.tmp, 'turn-key.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
+      '-subj', `/CN=${SERVER_IP}`, '-addext', `subjectAltName=IP:${SERVER_IP}`, '-addext', 'basicConstraints=critical,CA:FALSE',
+      '-keyout', key, '-out', cert], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 10000 });
+    const der = execFileSync('openssl', ['x509', '-in', cert, '-noout', '-pubkey'], { encoding: 'utf8' });
+    const spkiDer = Buffer.from(der.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
+    const spki = crypto.createHash('sha256').update(spkiDer).digest('base64');
+    return { cert, key, spki };
   }
 
   /** SIGKILLs the server (by PID) and waits for it to be gone. */
@@ -248,7 +269,7 @@ export class Lab {
     const real = process.env.CHROMIUM || '/usr/bin/chromium';
     fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec '${this.ns(side)}' '${real}' "$@"\n`, { mode: 0o755 });
     const browser = await withTimeout(
-      chromium.launch({ executablePath: wrapper, headless: true, args: CHROMIUM_ARGS }),
+      chromium.launch({ executablePath: wrapper, headless: true, args: [...CHROMIUM_ARGS, ...this.browserArgs] }),
       30000,
       `chromium launch in ${this.ns(side)}`,
     );

@@ -10,10 +10,13 @@
 #
 # Commands (P is a prefix naming this lab's namespaces, e.g. sbnl-demo; everything it creates starts with it):
 #   netlab.sh up P                        create the five namespaces, links, addresses, routes; both NATs "eim"
-#   netlab.sh nat P a|b MODE [udp-block]  set router a/b's NAT: MODE = eim (endpoint-independent mapping, port
+#   netlab.sh nat P a|b MODE [udp-block|web-only]
+#                                         set router a/b's NAT: MODE = eim (endpoint-independent mapping, port
 #                                         preserving) or symmetric (masquerade random,fully-random: a new random
 #                                         port per destination). udp-block: the router drops all UDP from its
-#                                         client (only TCP leaves, e.g. TURN over TCP).
+#                                         client (only TCP leaves, e.g. TURN over TCP). web-only: a corporate
+#                                         firewall — no UDP, and TCP only to ports 443 and 8080 (signaling and
+#                                         TURN over TLS on 443 get out; TURN over TCP on 3478 does not).
 #   netlab.sh readdress P a|b NEWIP       move router a/b's public address to NEWIP (in 203.0.113.0/24); the old
 #                                         address is removed, which also drops the NAT's existing mappings.
 #   netlab.sh shape P a|b RATE|off        limit what router a/b forwards to its client (its LAN egress, i.e. the
@@ -60,7 +63,13 @@ nat_rules() { # ns mode udpblock
     *) die "NAT mode must be eim or symmetric, not '$mode'" ;;
   esac
   local udp_rule=""
-  [[ "$block" == "udp-block" ]] && udp_rule='iifname "lan" meta l4proto udp counter drop'
+  case "$block" in
+    udp-block) udp_rule='iifname "lan" meta l4proto udp counter drop' ;;
+    web-only) udp_rule='iifname "lan" meta l4proto udp counter drop
+    iifname "lan" tcp dport != { 443, 8080 } counter drop' ;;
+    ""|none) ;;
+    *) die "firewall must be udp-block, web-only or none, not '$block'" ;;
+  esac
   nsx "$ns" nft -f - <<EOF
 table ip netlab
 delete table ip netlab

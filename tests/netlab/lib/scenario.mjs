@@ -10,14 +10,9 @@ after(async () => {
 
 export const skipReason = missingPrerequisite();
 
-/** True when `err` says the binary has no TURN server yet (an older build); those tests are skipped. */
-export function turnNotImplemented(err) {
-  return /TURN server not implemented/i.test(String(err?.message || err));
-}
-
 /**
  * Runs `fn(ctx)` with a fresh lab; `ctx` = {lab, t}. Options: a, b (NAT of each side), turn (server runs TURN),
- * env (extra environment of the server).
+ * env (extra environment of the server, or a function of the lab returning it — e.g. to make a certificate).
  * The lab is closed when `fn` ends (or fails), and by the file's after() hook at the latest.
  */
 export async function withLab(t, name, { a = {}, b = {}, turn = true, env = {} } = {}, fn) {
@@ -25,15 +20,7 @@ export async function withLab(t, name, { a = {}, b = {}, turn = true, env = {} }
   open.add(lab);
   try {
     await lab.start({ a, b });
-    try {
-      await lab.startServer({ turn, env });
-    } catch (err) {
-      if (turn && turnNotImplemented(err)) {
-        t.skip('this switchboard binary has no TURN server yet ("TURN server not implemented"); rebuild it');
-        return;
-      }
-      throw err;
-    }
+    await lab.startServer({ turn, env: typeof env === 'function' ? env(lab) : env });
     await fn({ lab, t });
   } finally {
     await lab.close();
