@@ -3,14 +3,17 @@
 //       file CLI -> browser with a verified SHA-256, through the TURN relay (turn_relayed_bytes_total grows);
 //   (8) CLI <-> CLI, both behind endpoint-independent NATs: a direct pair (hole punching with the server-reflexive
 //       candidates the CLI gathered via STUN) as each CLI reports it; a 2 MiB file sent then (`/send`) arrives with
-//       sha256 OK over that flow and TURN relays ~0 bytes of it.
+//       sha256 OK over that flow and TURN relays ~0 bytes of it;
+//   (13) CLI behind a corporate firewall (no UDP, TCP only to 443/8080) + Chromium behind an EIM NAT: the CLI falls
+//       back to TURN over TLS on 443 (trusting the server's self-signed certificate with --ca-file), chat + 1 MiB;
+//   (14) CLI <-> Chromium behind EIM NATs, then the server is SIGKILLed: chat keeps flowing both ways for 10 s.
 // Run: sudo node --test --test-concurrency=1 tests/netlab/   (see docs/nat-traversal.md)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { until, peerStats, describePair } from './lib/lab.mjs';
+import { until, peerStats, describePair, sleep } from './lib/lab.mjs';
 import { withLab, skipReason } from './lib/scenario.mjs';
 
 const MIB = 1024 * 1024;
@@ -186,5 +189,77 @@ test('(8) native CLI <-> native CLI behind EIM NATs: once ICE reports a direct p
       const s = await stopCli(c);
       assert.equal(s?.code, 0, fail(`CLI exit status ${JSON.stringify(s)}`));
     }
+  });
+});
+
+test('(13) native CLI behind a corporate firewall (no UDP, TCP only to 443/8080): TURN over TLS on 443, chat both ways and 1 MiB to Chromium', { skip: skipReason || false, timeout: 100000 }, async (t) => {
+  let cert;
+  const env = (lab) => {
+    cert = lab.selfSignedCertificate();
+    return { SWITCHBOARD_TURN_CERT: cert.cert, SWITCHBOARD_TURN_PKEY: cert.key, SWITCHBOARD_TURN_TLS_LISTENING_PORT: '443' };
+  };
+  await withLab(t, 'cli-web-only', { a: { nat: 'eim', webOnly: true }, b: { nat: 'eim' }, env }, async ({ lab }) => {
+    const room = 'cli-tls-room';
+    const web = await lab.join('b', room, 'Web');
+    const f = randomFile(lab.tmp, 'tls.bin', MIB + 5);
+    const before = lab.turnRelayedBytes();
+    const cli = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'cli-a', 'CLI'), '--name', 'CLI', '--ca-file', cert.cert, '--send-file', f.file], { env: CLI_ENV });
+    const fail = (what) => `${what}\n${cli.log()}\nbrowser console (tail):\n${web.console.slice(-20).join('\n')}\nserver log (tail):\n${(lab.server?.log || []).slice(-20).join('\n')}`;
+    const cliId = await cliJoined(cli, fail);
+    await waitLine(cli, 'stderr', (l) => l === '* connected to Web', 'CLI connected to Web', fail, 60000);
+    await web.page.evaluate(() => window.switchboardApp.sendChat('hello through the firewall'));
+    await waitLine(cli, 'stdout', (l) => l === 'Web: hello through the firewall', 'chat at the CLI', fail, 15000);
+    cli.proc.stdin.write('hello from behind the firewall\n');
+    await until(() => web.page.evaluate(() => window.switchboardApp.chat.some((m) => !m.mine && m.from === 'CLI' && m.text === 'hello from behind the firewall')), {
+      timeout: 15000,
+      what: 'chat in the browser',
+    }).catch((e) => assert.fail(fail(e.message)));
+    const got = await until(() => web.page.evaluate(() => window.switchboardApp.files.find((x) => x.name === 'tls.bin')), { timeout: 60000, interval: 500, what: 'CLI file in the browser' }).catch((e) =>
+      assert.fail(fail(e.message)),
+    );
+    assert.equal(got.checksumOk, true, fail(`browser checksum: ${JSON.stringify(got)}`));
+    assert.equal(got.sha256, f.sha256);
+
+    for (const l of cli.stderr.filter((x) => /relayed candidate|TURN over \w+ failed|path to Web/.test(x))) lab.note(`CLI: ${l.trim()}`);
+    const s = (await peerStats(web.page))[cliId];
+    lab.note(`Web (B) selected pair to the CLI: ${describePair(s)}`);
+    assert.ok(cli.stderr.some((l) => /^\* relayed candidate for Web \(TURN over tls\)/.test(l)), fail('the CLI got a relayed candidate over TLS'));
+    assert.ok(!cli.stderr.some((l) => /^\* relayed candidate for Web \(TURN over (udp|tcp)\)/.test(l)), fail('no UDP/TCP allocation can get through the firewall'));
+    const paths = cli.stderr.filter((l) => l.startsWith('* path to Web:'));
+    assert.match(paths.at(-1) || '', /: relayed \((our|both) TURN[^)]* over tls\)/, fail("the CLI's pair starts at its TURN-over-TLS allocation"));
+    const relayed = lab.turnRelayedBytes() - before;
+    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total) for chat + a ${f.size}-byte file`);
+    assert.ok(relayed >= f.size, `TURN relayed at least the file (${relayed} < ${f.size})`);
+    const st = await stopCli(cli);
+    assert.equal(st?.code, 0, fail(`CLI exit status ${JSON.stringify(st)}`));
+  });
+});
+
+test('(14) native CLI <-> Chromium behind EIM NATs: after the server is SIGKILLed, chat keeps flowing both ways for 10 s', { skip: skipReason || false, timeout: 100000 }, async (t) => {
+  await withLab(t, 'cli-kill', { a: { nat: 'eim' }, b: { nat: 'eim' } }, async ({ lab }) => {
+    const room = 'cli-kill-room';
+    const web = await lab.join('b', room, 'Web');
+    const cli = lab.startCli('a', ['--room', room, '--token', lab.token(room, 'cli-a', 'CLI'), '--name', 'CLI'], { env: CLI_ENV });
+    const fail = (what) => `${what}\n${cli.log()}\nbrowser console (tail):\n${web.console.slice(-20).join('\n')}`;
+    await cliJoined(cli, fail);
+    await waitLine(cli, 'stderr', (l) => l === '* connected to Web', 'CLI connected to Web', fail, 30000);
+    await lab.killServer();
+    const t0 = Date.now();
+    let n = 0;
+    while (Date.now() - t0 < 10000) {
+      n += 1;
+      await web.page.evaluate((i) => window.switchboardApp.sendChat(`web ${i}`), n);
+      cli.proc.stdin.write(`cli ${n}\n`);
+      await waitLine(cli, 'stdout', (l) => l === `Web: web ${n}`, `chat ${n} at the CLI (${Date.now() - t0} ms after the kill)`, fail, 3000);
+      await until(() => web.page.evaluate((i) => window.switchboardApp.chat.some((m) => !m.mine && m.from === 'CLI' && m.text === `cli ${i}`), n), {
+        timeout: 3000,
+        what: `chat ${n} in the browser (${Date.now() - t0} ms after the kill)`,
+      }).catch((e) => assert.fail(fail(e.message)));
+      await sleep(1000);
+    }
+    lab.note(`${n} chat round trips in the 10 s after the server was killed`);
+    for (const l of cli.stderr.filter((x) => x.startsWith('* path to Web:'))) lab.note(`CLI: ${l}`);
+    assert.ok(n >= 5, `chat kept flowing for 10 s (${n} rounds)`);
+    assert.ok(cli.stderr.some((l) => /signaling (lost|disconnected)/.test(l)), fail('the CLI noticed the signaling server was gone'));
   });
 });
