@@ -4,6 +4,7 @@
 //   symmetric:  a different public port per destination;
 //   filtering:  nothing unsolicited from the public side reaches the client;
 //   udp-block:  UDP does not leave the home, TCP does;
+//   web-only:   no UDP, TCP only to ports 443 and 8080;
 //   readdress:  the router's public address moves, the old one is gone.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -71,19 +72,22 @@ console.log(JSON.stringify({ local: s.address().port, seen1, seen2, unsolicited 
 process.exit(0);
 `;
 
+// TCP connects to 203.0.113.1 on 8080, 443 and 3478: which ones get through.
 const TCP = `
 import net from 'node:net';
-const ok = await new Promise((resolve) => {
-  const c = net.connect(8080, '203.0.113.1', () => { c.destroy(); resolve(true); });
+const tryPort = (port) => new Promise((resolve) => {
+  const c = net.connect(port, '203.0.113.1', () => { c.destroy(); resolve(true); });
   c.on('error', () => resolve(false));
   setTimeout(() => { c.destroy(); resolve(false); }, 2000);
 });
-console.log(JSON.stringify({ tcp: ok }));
+const [tcp, tcp443, tcp3478] = await Promise.all([tryPort(8080), tryPort(443), tryPort(3478)]);
+console.log(JSON.stringify({ tcp, tcp443, tcp3478 }));
 process.exit(0);
 `;
 const TCP_SERVER = `
 import net from 'node:net';
-net.createServer((c) => c.end()).listen(8080, '203.0.113.1', () => console.log(JSON.stringify({ ready: true })));
+for (const port of [8080, 443, 3478]) net.createServer((c) => c.end()).listen(port, '203.0.113.1');
+console.log(JSON.stringify({ ready: true }));
 setTimeout(() => process.exit(0), 30000);
 `;
 
@@ -93,7 +97,7 @@ function startBackground(labRef, node, code) {
   return withTimeout(new Promise((resolve) => p.stdout.once('data', () => resolve(p))), 5000, `background in ${node}`);
 }
 
-test('lab NATs: eim maps port-preserving and endpoint-independently, symmetric per destination, both filter, udp-block, readdress', { skip, timeout: 60000 }, async () => {
+test('lab NATs: eim maps port-preserving and endpoint-independently, symmetric per destination, both filter, udp-block, web-only, readdress', { skip, timeout: 60000 }, async () => {
   lab = new Lab('topology');
   await lab.start({ a: { nat: 'eim' }, b: { nat: 'symmetric' } });
   lab.exec('pub', 'ip', ['addr', 'add', '203.0.113.2/24', 'dev', 'br0']);
@@ -119,6 +123,15 @@ test('lab NATs: eim maps port-preserving and endpoint-independently, symmetric p
   lab.note(`udp-block: udp reply ${blocked.seen1}, tcp connect ${tcp.tcp}`);
   assert.equal(blocked.seen1, null, 'udp-block: no UDP gets out');
   assert.equal(tcp.tcp, true, 'udp-block: TCP still gets out');
+  assert.equal(tcp.tcp3478, true, 'udp-block: TCP to 3478 (TURN over TCP) gets out');
+
+  lab.setNat('a', { nat: 'eim', webOnly: true });
+  const web = await inNs(lab, 'a', CLIENT);
+  const webTcp = await inNs(lab, 'a', TCP);
+  lab.note(`web-only: udp reply ${web.seen1}, tcp 8080 ${webTcp.tcp}, 443 ${webTcp.tcp443}, 3478 ${webTcp.tcp3478}`);
+  assert.equal(web.seen1, null, 'web-only: no UDP gets out');
+  assert.equal(webTcp.tcp && webTcp.tcp443, true, 'web-only: TCP to 8080 and 443 gets out');
+  assert.equal(webTcp.tcp3478, false, 'web-only: TCP to 3478 is blocked');
 
   lab.setNat('a', { nat: 'eim' });
   lab.readdress('a', '203.0.113.11');
