@@ -2,7 +2,8 @@
 //!
 //! N UDP allocations are set up in pairs: allocation A binds a channel to B's relayed address and B
 //! to A's, so every message crosses the server twice (client A → relay A → relay B → client B), like
-//! coturn's `turnutils_uclient -y`. The data phase runs on a few OS threads over raw non-blocking
+//! coturn's `turnutils_uclient -y` (with Switchboard's relay short circuit the relay A → relay B hop stays
+//! inside the server). The data phase runs on a few OS threads over raw non-blocking
 //! sockets with `sendmmsg`/`recvmmsg` (much cheaper per message than the server), each message carrying
 //! a sequence number and its send time. The result is one JSON object on stdout.
 
