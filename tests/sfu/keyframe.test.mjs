@@ -5,8 +5,11 @@
 // with numbers: the subscriber's `pliCount` grows, the SFU counts it in (`sfu_keyframe_requests_in_total`) and
 // sends one on to the publisher (`sfu_keyframe_requests_out_total`), the publisher's `pliCount` and
 // `keyFramesEncoded` grow, and the subscriber decodes a keyframe and then frames again, within a bound.
-// A quiet window first (same length, nothing dropped) shows none of those counters moves on its own, so the
-// publisher's PLI is the forwarded one.
+// A quiet window first (nothing dropped) shows none of those counters moves on its own, so the publisher's PLI is
+// the forwarded one.
+// Then the rate limit: a burst of requests from the subscriber's receiver (RTCRtpScriptTransformer's
+// `sendKeyFrameRequest()`) reaches the publisher as one (at most one per track and layer per 500 ms; the rest are
+// counted in `sfu_keyframe_requests_throttled_total`), while requests 1 s apart each get through.
 //
 // Run: cargo build -p switchboard && node --test --test-concurrency=1 tests/sfu/keyframe.test.mjs
 import { test, after } from 'node:test';
@@ -32,16 +35,24 @@ const RESUME_BOUND_MS = 3000;
 const WORKER = `
 let drop = false;
 let dropEndedAt = null;
-const s = { passed: 0, dropped: 0, keysPassed: 0, keysDropped: 0, firstKeyAfterDropMs: null, transform: false };
-onmessage = (e) => {
+const s = { passed: 0, dropped: 0, keysPassed: 0, keysDropped: 0, firstKeyAfterDropMs: null, transform: false, requested: 0, requestErrors: [] };
+let transformer = null;
+onmessage = async (e) => {
+  if (e.data.keyframeRequests) {
+    // RTCRtpScriptTransformer.sendKeyFrameRequest(): the receiver asks its sender (the SFU) for a keyframe.
+    const all = [];
+    for (let i = 0; i < e.data.keyframeRequests; i++) all.push(transformer.sendKeyFrameRequest().then(() => { s.requested++; }, (err) => { s.requestErrors.push(String(err)); }));
+    await Promise.all(all);
+  }
   if (typeof e.data.drop === 'boolean') {
     if (drop && !e.data.drop) { dropEndedAt = performance.now(); s.firstKeyAfterDropMs = null; }
     drop = e.data.drop;
   }
-  postMessage({ id: e.data.id, stats: { ...s, drop } });
+  postMessage({ id: e.data.id, stats: { ...s, requestErrors: [...s.requestErrors], drop } });
 };
 onrtctransform = (ev) => {
   s.transform = true;
+  transformer = ev.transformer;
   const { readable, writable } = ev.transformer;
   readable.pipeThrough(new TransformStream({
     transform(frame, ctl) {
@@ -240,4 +251,73 @@ test('a subscriber whose decoder lost its reference sends a PLI; the SFU forward
   // No amplification: one request to the publisher (for the layer this subscriber gets) per request received at
   // most, fewer when they come faster than one per 500 ms.
   assert.ok(d.sfuOut <= d.sfuIn, `the SFU sent no more requests (${d.sfuOut}) than it received (${d.sfuIn})`);
+});
+
+test('keyframe requests are rate-limited at the SFU: a burst of PLIs from a subscriber reaches the publisher as one; requests 1 s apart each get through', { timeout: 180000 }, async () => {
+  const server = await h.startServer();
+  const browser = await h.launchBrowser();
+  const pub = await joinSdk(browser, server, 'keyframe-burst', 'Publisher', { width: 640, height: 480, frameRate: 15 });
+  const sub = await joinSdk(browser, server, 'keyframe-burst', 'Viewer', { width: 160, height: 120, frameRate: 10, initScript: { content: `(${transformHook})(${JSON.stringify(WORKER)})` } });
+  await waitForMediaFrom(sub.page, [pub.id], { timeout: 40000, what: 'the viewer decoding the publisher' });
+  await pickReceiver(sub.page, pub.id);
+  const through = await subCounters(sub.page);
+  await until(async () => {
+    const c = await subCounters(sub.page);
+    return c.transform.passed > 10 && c.framesDecoded > through.framesDecoded + 10;
+  }, { timeout: 15000, interval: 200, what: 'frames decoding through the receiver transform' });
+
+  const delta = (a, b) => ({
+    subPli: b.sub.pliCount + b.sub.firCount - a.sub.pliCount - a.sub.firCount,
+    sfuIn: b.sfu.in - a.sfu.in,
+    sfuOut: b.sfu.out - a.sfu.out,
+    sfuThrottled: b.sfu.throttled - a.sfu.throttled,
+    pubPli: sum(b.pub, 'pliCount') + sum(b.pub, 'firCount') - sum(a.pub, 'pliCount') - sum(a.pub, 'firCount'),
+    pubKeyFrames: sum(b.pub, 'keyFramesEncoded') - sum(a.pub, 'keyFramesEncoded'),
+  });
+  // A quiet second first: no keyframe request anywhere.
+  const q0 = await snapshot(server, pub, sub);
+  await sleep(1000);
+  const quiet = delta(q0, await snapshot(server, pub, sub));
+  assert.deepEqual(quiet, { ...quiet, subPli: 0, sfuIn: 0, sfuOut: 0, pubPli: 0 }, 'no keyframe requests before the test makes some');
+
+  // A burst: BURST requests at once from the subscriber's receiver (RTCRtpScriptTransformer.sendKeyFrameRequest).
+  const BURST = 10;
+  const a = await snapshot(server, pub, sub);
+  const t0 = Date.now();
+  await subCounters(sub.page, { keyframeRequests: BURST });
+  await until(async () => {
+    const c = delta(a, await snapshot(server, pub, sub));
+    return c.sfuIn >= BURST && c.pubPli >= 1;
+  }, { timeout: 5000, interval: 20, what: `the SFU receiving ${BURST} requests and the publisher one` }).catch(async (err) => {
+    throw new Error(`${err.message}: ${JSON.stringify(delta(a, await snapshot(server, pub, sub)))}`);
+  });
+  const b = await snapshot(server, pub, sub);
+  const windowMs = Date.now() - t0;
+  const burst = delta(a, b);
+  // One request per track and layer per 500 ms may go through (a request of the subscriber's own after the burst
+  // may add one per 500 ms more).
+  const allowed = 1 + Math.floor(windowMs / 500);
+  console.log(`# burst of ${BURST} in one instant, counted over ${windowMs} ms: subscriber PLI +${burst.subPli}; SFU requests in +${burst.sfuIn}, out +${burst.sfuOut}, throttled +${burst.sfuThrottled}; publisher PLI +${burst.pubPli}, keyframes encoded +${burst.pubKeyFrames} (all layers)`);
+  assert.deepEqual(b.sub.transform.requestErrors, [], 'sendKeyFrameRequest succeeded');
+  assert.ok(burst.subPli >= BURST, `the subscriber sent the ${BURST} requests (+${burst.subPli})`);
+  assert.ok(burst.sfuIn >= BURST, `the SFU received them (+${burst.sfuIn})`);
+  assert.ok(burst.sfuOut >= 1 && burst.sfuOut <= allowed, `the SFU sent ${burst.sfuOut} requests to the publisher (1 to ${allowed} allowed in ${windowMs} ms)`);
+  assert.ok(burst.sfuThrottled >= burst.sfuIn - allowed, `the SFU held back the rest (throttled +${burst.sfuThrottled})`);
+  assert.ok(burst.pubPli >= 1 && burst.pubPli <= allowed, `the publisher got ${burst.pubPli} requests (1 to ${allowed} allowed)`);
+
+  // Requests 1 s apart (twice the rate limit's interval) each reach the publisher and get a keyframe.
+  const spaced = [];
+  for (let i = 0; i < 3; i++) {
+    await sleep(1000);
+    const c0 = await snapshot(server, pub, sub);
+    await subCounters(sub.page, { keyframeRequests: 1 });
+    const got = await until(async () => {
+      const c = delta(c0, await snapshot(server, pub, sub));
+      return c.sfuOut >= 1 && c.pubPli >= 1 && c.pubKeyFrames >= 1 && c;
+    }, { timeout: 5000, interval: 20, what: `spaced request ${i + 1} reaching the publisher and a keyframe` }).catch(async (err) => {
+      throw new Error(`${err.message}: ${JSON.stringify(delta(c0, await snapshot(server, pub, sub)))}`);
+    });
+    spaced.push(got);
+  }
+  console.log(`# 3 requests 1 s apart: ${spaced.map((c) => `in +${c.sfuIn} out +${c.sfuOut} publisher PLI +${c.pubPli} keyframes +${c.pubKeyFrames}`).join('; ')}`);
 });
