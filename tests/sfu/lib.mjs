@@ -22,7 +22,7 @@ export function metric(text, name, labels = {}) {
  * participant_joined/left, room_mode and active_speaker with their time. `initScript` (a function or
  * `{content}`, as Playwright's addInitScript takes) runs in the page before anything else.
  */
-export async function joinSdk(browser, server, room, name, { width = 160, height = 120, frameRate = 15, timeout = 30000, initScript = null } = {}) {
+export async function joinSdk(browser, server, room, name, { width = 160, height = 120, frameRate = 15, timeout = 30000, initScript = null, roomOptions = {} } = {}) {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
   // Runs in the page before the SDK does (e.g. to hook RTCPeerConnection).
   if (initScript) await context.addInitScript(initScript);
@@ -34,10 +34,10 @@ export async function joinSdk(browser, server, room, name, { width = 160, height
   });
   page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
   await page.goto(`${server.url}/healthz`, { timeout });
-  const id = await page.evaluate(async ({ room, name, width, height, frameRate }) => {
+  const id = await page.evaluate(async ({ room, name, width, height, frameRate, roomOptions }) => {
     const sb = await import('/sdk/switchboard.js');
     const { token } = await sb.devToken(room, name);
-    const r = new sb.Room('/ws', token);
+    const r = new sb.Room('/ws', token, roomOptions);
     const events = [];
     window.switchboardApp = { room: r, events };
     const ev = (type) => r.on(type, (a, b) => events.push({ type, id: a && typeof a === 'object' ? a.id : a, reason: typeof b === 'string' ? b : undefined, t: Date.now() }));
@@ -60,7 +60,7 @@ export async function joinSdk(browser, server, room, name, { width = 160, height
     await r.publish({ camera: { width, height, frameRate }, microphone: true });
     await r.connect();
     return r.localParticipant.id;
-  }, { room, name, width, height, frameRate });
+  }, { room, name, width, height, frameRate, roomOptions });
   return { context, page, name, id, console: consoleLines };
 }
 

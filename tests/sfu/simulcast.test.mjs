@@ -45,12 +45,29 @@ async function waitWidth(page, pubId, pred, what, timeout = 30000) {
   }
 }
 
-test('simulcast: a subscriber asking for low gets the small layer, then high gets the large one, frames decoding throughout', { timeout: 180000 }, async () => {
+/** Mime types of the codecs of a page's video RTP streams of `type` ('outbound-rtp' | 'inbound-rtp') on its SFU link. */
+function videoCodecs(page, type) {
+  return page.evaluate(async (type) => {
+    const stats = await window.switchboardApp.room.sfu.pc.getStats();
+    const out = [];
+    stats.forEach((s) => {
+      if (s.type === type && s.kind === 'video' && s.codecId && stats.get(s.codecId)) out.push(stats.get(s.codecId).mimeType);
+    });
+    return [...new Set(out)];
+  }, type);
+}
+
+/**
+ * A publisher (1280x720, three layers in `codec`, or the browser's default) and a viewer: the viewer gets the best
+ * layer by default, the small one after asking for low, the large one after asking for high, decoding throughout.
+ */
+async function simulcastSwitch(room, codec) {
   process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'sfu';
   const server = await h.startServer();
   const browser = await h.launchBrowser();
-  const pub = await joinSdk(browser, server, 'simulcast', 'Publisher', { width: 1280, height: 720, frameRate: 15 });
-  const sub = await joinSdk(browser, server, 'simulcast', 'Viewer', { width: 160, height: 120, frameRate: 10 });
+  const roomOptions = codec ? { videoCodec: codec } : {};
+  const pub = await joinSdk(browser, server, room, 'Publisher', { width: 1280, height: 720, frameRate: 15, roomOptions });
+  const sub = await joinSdk(browser, server, room, 'Viewer', { width: 160, height: 120, frameRate: 10, roomOptions });
   await waitForMediaFrom(sub.page, [pub.id], { timeout: 40000, what: 'the viewer decoding the publisher' });
   const encodings = await pub.page.evaluate(() => window.switchboardApp.room.sfu.pc.getSenders().filter((s) => s.track?.kind === 'video').map((s) => s.getParameters().encodings.map((e) => e.rid)));
   assert.deepEqual(encodings, [['q', 'h', 'f']], 'the publisher sends three layers');
@@ -81,6 +98,24 @@ test('simulcast: a subscriber asking for low gets the small layer, then high get
   assert.ok(worst <= 1500, `the decoder stalled for ${worst} ms`);
   const m = (await httpGet(server, '/metrics')).body;
   assert.ok(metric(m, 'sfu_rtp_packets_in_total', { kind: 'video' }) > 0);
+  const sent = await videoCodecs(pub.page, 'outbound-rtp');
+  const got = await videoCodecs(sub.page, 'inbound-rtp');
+  console.log(`# codecs: publisher sends ${sent.join(', ')}, viewer decodes ${got.join(', ')}`);
+  return { sent, got, browser };
+}
+
+test('simulcast: a subscriber asking for low gets the small layer, then high gets the large one, frames decoding throughout', { timeout: 180000 }, async () => {
+  const { sent, got, browser } = await simulcastSwitch('simulcast', null);
+  assert.deepEqual(sent, ['video/VP8'], 'Chromium publishes VP8 by default');
+  assert.deepEqual(got, ['video/VP8']);
+  await browser.close();
+});
+
+test('simulcast in H.264 (videoCodec: "h264"): the same layer switching, the viewer decodes H.264', { timeout: 180000 }, async () => {
+  const { sent, got, browser } = await simulcastSwitch('simulcast-h264', 'h264');
+  assert.deepEqual(sent, ['video/H264'], 'the publisher sends H.264 layers');
+  assert.deepEqual(got, ['video/H264'], 'the viewer receives and decodes H.264');
+  await browser.close();
 });
 
 test('tiles drive subscriptions: a small tile gets the small layer, a hidden one nothing, a large one asks for high and gets a larger layer', { timeout: 180000 }, async () => {

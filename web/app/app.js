@@ -1,4 +1,4 @@
-// Switchboard demo app: lobby at "/", call at "/room/<name>?name=<display name>[&relay=1][&simulcast=0][&publish=0][#token=<jwt>]".
+// Switchboard demo app: lobby at "/", call at "/room/<name>?name=<display name>[&relay=1][&simulcast=0][&codec=h264][&publish=0][#token=<jwt>]".
 //
 // Test hook (documented, stable): `window.switchboardApp` =
 //   { room, ready: Promise<Room>, roomName, displayName, relay,
@@ -114,7 +114,9 @@ async function startCall() {
   }
   // `?simulcast=0` publishes a single video layer in SFU rooms (default: simulcast, up to three layers by camera size).
   const simulcast = params.get('simulcast') !== '0';
-  const room = new Room('/ws', token, { iceTransportPolicy: relay ? 'relay' : 'all', simulcast });
+  // `?codec=h264` (or vp8, vp9, av1) publishes video in that codec when the browser has it.
+  const videoCodec = params.get('codec') || undefined;
+  const room = new Room('/ws', token, { iceTransportPolicy: relay ? 'relay' : 'all', simulcast, videoCodec });
   app.room = room;
   wireRoom(room);
 

@@ -129,6 +129,11 @@ export interface ConnectOptions {
   reconnect?: boolean;
   /** SFU rooms: publish video as three simulcast layers (rid q/h/f). Default true. */
   simulcast?: boolean;
+  /**
+   * Video codec to prefer when publishing ('vp8', 'h264', 'vp9', 'av1'), if the browser has it; the SFU forwards
+   * whatever was negotiated (simulcast included). Default: the browser's order (VP8 first in Chromium).
+   */
+  videoCodec?: 'vp8' | 'h264' | 'vp9' | 'av1' | string;
   /** Initial metadata sent with `join`. */
   metadata?: ParticipantMetadata;
 }

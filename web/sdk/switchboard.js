@@ -62,6 +62,28 @@ function simulcastLayersFor(track) {
   const n = small >= 540 ? 3 : small >= 360 ? 2 : 1;
   return n > 1 ? SIMULCAST_LAYERS.slice(3 - n).map((l) => ({ ...l })) : null;
 }
+/**
+ * Puts `codec` ('vp8', 'h264', 'vp9', 'av1') first in the transceiver's codec preferences when the browser has
+ * it (H.264: packetization-mode=1 and constrained baseline first, what every decoder takes); otherwise leaves the
+ * browser's order. Returns the mime type preferred, or null.
+ */
+function preferVideoCodec(transceiver, codec) {
+  if (!codec || !transceiver?.setCodecPreferences) return null;
+  const want = `video/${codec}`.toLowerCase();
+  const rank = (c) => (/packetization-mode=1/.test(c.sdpFmtpLine || '') ? 0 : 2) + (/profile-level-id=42e0/.test(c.sdpFmtpLine || '') ? 0 : 1);
+  for (const caps of [RTCRtpSender.getCapabilities?.('video'), RTCRtpReceiver.getCapabilities?.('video')]) {
+    const codecs = caps?.codecs || [];
+    const first = codecs.filter((c) => c.mimeType.toLowerCase() === want).sort((a, b) => rank(a) - rank(b));
+    if (!first.length) continue;
+    try {
+      transceiver.setCodecPreferences([...first, ...codecs.filter((c) => c.mimeType.toLowerCase() !== want)]);
+      return first[0].mimeType;
+    } catch (err) {
+      console.debug('switchboard: codec preference refused', err.message);
+    }
+  }
+  return null;
+}
 /** SFU rooms: bytes a file sender may be ahead of its slowest receiver's `got` report. */
 const FILE_WINDOW = 4 * 1024 * 1024;
 /** SFU rooms: a file receiver reports its progress to the sender every this many bytes. */
@@ -313,7 +335,9 @@ class Peer {
 
   addTrack(track, stream) {
     if (this.senders.has(track) || this.closed) return;
-    this.senders.set(track, this.pc.addTrack(track, stream));
+    const sender = this.pc.addTrack(track, stream);
+    this.senders.set(track, sender);
+    if (track.kind === 'video') preferVideoCodec(this.pc.getTransceivers().find((t) => t.sender === sender), this.room.options.videoCodec);
   }
 
   removeTrack(track) {
@@ -827,11 +851,12 @@ class SfuPeer extends Peer {
   addTrack(track, stream) {
     if (this.senders.has(track) || this.closed) return;
     const init = { direction: 'sendonly', streams: [stream] };
-    // Simulcast: up to three VP8 layers (by the track's size); the SFU forwards one per subscriber (see
-    // setSubscribeQuality).
+    // Simulcast: up to three layers (by the track's size), in the preferred codec (options.videoCodec, e.g. VP8
+    // or H.264); the SFU forwards one per subscriber (see setSubscribeQuality).
     const layers = track.kind === 'video' && this.room.options.simulcast !== false ? simulcastLayersFor(track) : null;
     if (layers) init.sendEncodings = layers;
     const tr = this.pc.addTransceiver(track, init);
+    if (track.kind === 'video') preferVideoCodec(tr, this.room.options.videoCodec);
     this.senders.set(track, tr.sender);
   }
 

@@ -248,6 +248,9 @@ struct Client {
     /// The last offer accepted from the participant and our answer: the SDK re-sends an offer it believes lost
     /// (on glare as the impolite peer); a repeat is answered again without touching the SFU's own offer.
     last_offer: Option<(String, String)>,
+    /// The participant's latest description (offer or answer): our offers list its video codecs in its order,
+    /// since an answerer sends the offer's first codec (a publisher preferring H.264 keeps sending H.264).
+    remote_sdp: String,
     negotiated: bool,
     /// ICE+DTLS up and ICE not disconnected: media is written to it.
     connected: bool,
@@ -373,7 +376,7 @@ impl Client {
             self.rollback();
             return;
         };
-        let sdp = offer.to_sdp_string();
+        let sdp = crate::sdp::follow_codec_order(&self.remote_sdp, &offer.to_sdp_string());
         let sent = self
             .sink()
             .is_some_and(|s| s.send(MediaSignal::Offer(sdp.clone())));
@@ -1626,6 +1629,7 @@ impl Engine {
             pending_sdp: String::new(),
             pending_resends: 0,
             last_offer: None,
+            remote_sdp: String::new(),
             negotiated: false,
             connected: false,
             dtls_up: false,
@@ -1831,7 +1835,8 @@ impl Engine {
                     Ok(answer) => {
                         c.negotiated = true;
                         c.refresh_ufrag(&mut self.by_ufrag);
-                        let answer = answer.to_sdp_string();
+                        let answer = crate::sdp::follow_codec_order(&sdp, &answer.to_sdp_string());
+                        c.remote_sdp.clone_from(&sdp);
                         let sent = c
                             .sink()
                             .is_some_and(|s| s.send(MediaSignal::Answer(answer.clone())));
@@ -1857,6 +1862,7 @@ impl Engine {
                 };
                 match c.rtc.sdp_api().accept_answer(pending, answer) {
                     Ok(()) => {
+                        c.remote_sdp = sdp;
                         debug!(participant = %c.participant, "SFU offer answered");
                         c.negotiated = true;
                         let mut opened = Vec::new();
@@ -1969,7 +1975,7 @@ impl Engine {
                 info!(%room, participant = %pid, "{} session started", kind.prefix());
                 Ok(HttpSession {
                     id: rid,
-                    answer: answer.to_sdp_string(),
+                    answer: crate::sdp::follow_codec_order(offer_text, &answer.to_sdp_string()),
                 })
             }
             Err(e) => {

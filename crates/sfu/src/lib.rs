@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 mod data;
 mod engine;
+mod sdp;
 mod simulcast;
 mod stun;
 mod tcp;
