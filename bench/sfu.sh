@@ -14,7 +14,9 @@
 # Usage (repo root, as root): bench/sfu.sh
 # Env: SWITCHBOARD_BIN (default: release build in /work/rel-target), LOADS ("1x50 1x200 1x500 6x6"),
 #      DURATION seconds per run (10), BITRATE (1500000), JANUS=0 to skip Janus, SFU_ENV extra environment for
-#      `switchboard serve` (e.g. "SWITCHBOARD_SFU_BANDWIDTH_ESTIMATION=false"), RESULTS json-lines output file.
+#      `switchboard serve` (e.g. "SWITCHBOARD_SFU_BANDWIDTH_ESTIMATION=false"), RESULTS json-lines output file,
+#      BASELINE_BIN another `switchboard` build (e.g. of an older commit) served side by side as "baseline"
+#      (the load generator is always SWITCHBOARD_BIN's).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,7 @@ BITRATE=${BITRATE:-1500000}
 JANUS=${JANUS:-1}
 SFU_ENV=${SFU_ENV:-}
 BIN=${SWITCHBOARD_BIN:-}
+BASELINE_BIN=${BASELINE_BIN:-}
 
 [[ $(id -u) == 0 ]] || { echo "bench/sfu.sh needs root (network namespace)" >&2; exit 1; }
 for t in jq curl; do command -v $t >/dev/null || apt-get install -y $t >&2; done
@@ -61,10 +64,10 @@ stop_server() {
   fi
 }
 
-start_switchboard() {
+start_switchboard() { # $1: the binary
   # `ip netns exec` execs the command: $! is the server itself.
   env SWITCHBOARD_ROOMS_DEFAULT_MODE=sfu SWITCHBOARD_ROOMS_MAX_PARTICIPANTS=2000 RUST_LOG=warn $SFU_ENV \
-    ip netns exec "$NS" "$BIN" serve --http 127.0.0.1:18080 --sfu-port 0 --no-turn >"$WORK/sb.out" 2>"$WORK/sb.err" &
+    ip netns exec "$NS" "$1" serve --http 127.0.0.1:18080 --sfu-port 0 --no-turn >"$WORK/sb.out" 2>"$WORK/sb.err" &
   SERVER_PID=$!
   for _ in $(seq 100); do grep -q "listening http" "$WORK/sb.out" 2>/dev/null && return 0; sleep 0.1; done
   echo "switchboard serve did not start:" >&2; cat "$WORK/sb.err" >&2; exit 1
@@ -134,8 +137,8 @@ start_janus() {
 
 run_load() { # $1 target, $2 publishers, $3 subscribers
   local target=$1 p=$2 n=$3 args=()
-  if [[ $target == switchboard ]]; then
-    start_switchboard
+  if [[ $target == switchboard || $target == baseline ]]; then
+    if [[ $target == baseline ]]; then start_switchboard "$BASELINE_BIN"; else start_switchboard "$BIN"; fi
     args=(--url http://127.0.0.1:18080)
   else
     start_janus
@@ -145,7 +148,7 @@ run_load() { # $1 target, $2 publishers, $3 subscribers
   local out
   if out=$(RUST_LOG=warn timeout 300 ip netns exec "$NS" "$BIN" bench sfu "${args[@]}" --publishers "$p" \
       --subscribers "$n" --duration "$DURATION" --bitrate "$BITRATE" --server-pid "$SERVER_PID" 2>"$WORK/bench.err"); then
-    echo "$out" | jq -c --arg load "${p}x${n}" '. + {load: $load}' | tee -a "$RESULTS" >&2
+    echo "$out" | jq -c --arg load "${p}x${n}" --arg target "$target" '. + {load: $load, target: $target}' | tee -a "$RESULTS" >&2
   else
     echo "{\"target\":\"$target\",\"load\":\"${p}x${n}\",\"error\":$(tail -3 "$WORK/bench.err" | jq -Rs .)}" | tee -a "$RESULTS" >&2
   fi
@@ -159,10 +162,12 @@ for load in $LOADS; do
   # "6x6": six publishers who all receive each other, no extra subscriber.
   if [[ "$p" == "$n" && "$p" != 1 ]]; then n=0; fi
   run_load switchboard "$p" "$n"
+  [[ -n "$BASELINE_BIN" ]] && run_load baseline "$p" "$n"
   [[ "$JANUS" == 1 ]] && run_load janus "$p" "$n"
 done
 
 echo
+[[ -n "$BASELINE_BIN" ]] && echo "baseline: $BASELINE_BIN"
 echo "SFU benchmark: $(nproc) cores, ${DURATION}s per run, ${BITRATE} bit/s per publisher, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
   def f(x; d): if x == null then "-" else (x * pow(10; d) | round / pow(10; d) | tostring) end;
@@ -172,8 +177,9 @@ jq -rs '
      f(.forwarded_pkts_per_cpu_s; 0), f(.latency_p50_ms; 2), f(.latency_p99_ms; 2),
      f((.rss_per_subscriber_bytes // null) | if . == null then null else . / 1024 end; 0), f(.generator_cpu_pct; 0)] | join(" | ") end),
   "",
-  "ratios switchboard/janus (pkts per server CPU-second; p99 latency):",
-  (group_by(.load)[] | select(length == 2 and all(.[]; .error == null)) |
-    (map(select(.target == "switchboard"))[0]) as $s | (map(select(.target == "janus"))[0]) as $j |
-    "  \($s.load): \(f(if $j.forwarded_pkts_per_cpu_s then $s.forwarded_pkts_per_cpu_s / $j.forwarded_pkts_per_cpu_s else null end; 2))x per CPU-s, p99 \(f($s.latency_p99_ms; 2)) vs \(f($j.latency_p99_ms; 2)) ms")
+  "ratios switchboard/janus and switchboard/baseline (pkts per server CPU-second; p99 latency):",
+  (group_by(.load)[] | ["janus", "baseline"][] as $other |
+    (map(select(.target == "switchboard" and .error == null))[0]) as $s | (map(select(.target == $other and .error == null))[0]) as $j |
+    select($s != null and $j != null) |
+    "  \($s.load) vs \($other): \(f(if $j.forwarded_pkts_per_cpu_s then $s.forwarded_pkts_per_cpu_s / $j.forwarded_pkts_per_cpu_s else null end; 2))x per CPU-s, p99 \(f($s.latency_p99_ms; 2)) vs \(f($j.latency_p99_ms; 2)) ms")
 ' "$RESULTS"

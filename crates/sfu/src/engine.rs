@@ -2,8 +2,10 @@
 //!
 //! Flow: a datagram (or a command, or a timer) is fed to one client's `Rtc`; that client is then polled until
 //! `Timeout`; what it emits (new tracks, media frames, keyframe requests) is queued as [`Prop`]s and routed to
-//! the other clients of its room, which are in turn polled until `Timeout`. Nothing blocks: UDP sends use
-//! `try_send_to` (a full socket buffer drops the datagram, as a router would).
+//! the other clients of its room, which are in turn polled until `Timeout`. Nothing blocks: the datagrams of
+//! one wake-up are queued in a [`SendBatch`] and leave together in one `sendmmsg` (UDP GSO merges a
+//! subscriber's packets of one frame) at the end of the wake-up; a full socket buffer drops them, as a router
+//! would. Input is read with `recvmmsg`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +24,8 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use crate::data::{self, DataOut, Sent};
 use crate::simulcast::{self, Admit, LayerState, Layers, LossEstimator};
 use crate::tcp::TcpEvent;
+use crate::udp::{RecvBatch, SendBatch};
+use std::os::fd::{AsRawFd, RawFd};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, trace, warn};
@@ -51,10 +55,8 @@ const SPEAKER_MIN_LEVEL: f32 = -55.0;
 const SPEAKER_HYSTERESIS: f32 = 6.0;
 /// Longest sleep of the engine loop.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
-/// Largest datagram read.
-const RECV_BUF: usize = 2048;
-/// Datagrams read in one go before timers run.
-const RECV_BATCH: usize = 64;
+/// `recvmmsg` calls in one wake-up before timers run (each reads up to [`crate::udp::RECV_BATCH`]).
+const RECV_CALLS: usize = 4;
 
 pub(crate) type ClientId = u64;
 
@@ -682,6 +684,10 @@ fn valid_msid(s: &str) -> bool {
 
 pub(crate) struct Engine {
     socket: Arc<UdpSocket>,
+    /// The media socket's descriptor (owned by `socket`) for batched sends.
+    fd: RawFd,
+    /// Datagrams of the current wake-up, sent when it ends.
+    out: SendBatch,
     /// Destination of received datagrams, as str0m knows our candidates.
     destination: SocketAddr,
     candidates: Vec<Candidate>,
@@ -757,6 +763,8 @@ impl Engine {
             public.first().copied().unwrap_or(local)
         };
         Ok(Engine {
+            fd: socket.as_raw_fd(),
+            out: SendBatch::new(config.udp_gso),
             socket: Arc::new(socket),
             destination,
             candidates,
@@ -794,7 +802,7 @@ impl Engine {
             return;
         };
         let socket = self.socket.clone();
-        let mut buf = vec![0u8; RECV_BUF];
+        let mut batch = RecvBatch::new();
         let mut tcp_rx = self.tcp_rx.take();
         loop {
             let now = Instant::now();
@@ -807,7 +815,7 @@ impl Engine {
                 .min(now + MAX_SLEEP)
                 .max(now + Duration::from_millis(1));
             enum Wake {
-                Udp(std::io::Result<(usize, SocketAddr)>),
+                Udp(std::io::Result<()>),
                 Tcp(Option<TcpEvent>),
                 Cmd(Option<Command>),
                 Timer,
@@ -819,22 +827,34 @@ impl Engine {
                 }
             };
             let wake = tokio::select! {
-                r = socket.recv_from(&mut buf) => Wake::Udp(r),
+                r = socket.readable() => Wake::Udp(r),
                 e = tcp_next => Wake::Tcp(e),
                 c = rx.recv() => Wake::Cmd(c),
                 _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
             };
             match wake {
-                Wake::Udp(Ok((n, src))) => {
-                    self.on_datagram(&buf[..n], src, Instant::now());
-                    self.drain();
-                    for _ in 1..RECV_BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, src)) => {
-                                self.on_datagram(&buf[..n], src, Instant::now());
+                Wake::Udp(Ok(())) => {
+                    for _ in 0..RECV_CALLS {
+                        let n = match socket
+                            .try_io(tokio::io::Interest::READABLE, || batch.recv(self.fd))
+                        {
+                            Ok(n) => n,
+                            Err(e) => {
+                                if e.kind() != std::io::ErrorKind::WouldBlock {
+                                    debug!("SFU socket receive error: {e}");
+                                }
+                                break;
+                            }
+                        };
+                        let now = Instant::now();
+                        for k in 0..n {
+                            if let Some((data, src)) = batch.get(k) {
+                                self.on_datagram(data, src, now);
                                 self.drain();
                             }
-                            Err(_) => break,
+                        }
+                        if n < crate::udp::RECV_BATCH {
+                            break;
                         }
                     }
                 }
@@ -853,6 +873,7 @@ impl Engine {
             }
             self.on_timers(Instant::now());
             self.drain();
+            self.out.flush(self.fd);
         }
     }
 
@@ -1083,8 +1104,8 @@ impl Engine {
                         if !sent {
                             trace!(dest = %t.destination, "SFU TCP send dropped");
                         }
-                    } else if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
-                        trace!(dest = %t.destination, "SFU send dropped: {e}");
+                    } else {
+                        self.out.push(self.fd, t.destination, &t.contents);
                     }
                 }
                 Ok(Output::Event(ev)) => c.on_event(ev, &mut self.props),

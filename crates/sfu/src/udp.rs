@@ -1,0 +1,597 @@
+//! Batched UDP I/O for the SFU's one media socket.
+//!
+//! Sending: every datagram the engine emits during one wake-up is copied into one reused buffer and the whole
+//! batch leaves in one `sendmmsg` call. Consecutive datagrams to the same address (a subscriber's packets of
+//! one frame come out of its `Rtc` back to back) are merged into one UDP GSO message (`UDP_SEGMENT`): the
+//! kernel walks its UDP/IP/routing path once per message instead of once per datagram, and cuts the segments
+//! apart as late as possible. Segments of a GSO message all have the size of the first one but the last,
+//! which may be shorter. When the kernel refuses GSO (no checksum offload on the route, an old kernel), the
+//! batch falls back to one datagram per message for good.
+//!
+//! Receiving: `recvmmsg` into fixed slots.
+//!
+//! All buffers are allocated when a batch is created; nothing is allocated per datagram. A full socket
+//! buffer (`EAGAIN`) drops what is left of the batch, as a router would: sends never block the engine.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// Most messages (each one datagram or one GSO train) per `sendmmsg`.
+const MAX_MSGS: usize = 256;
+/// Bytes buffered before a batch is flushed early.
+const SEND_BYTES: usize = 512 * 1024;
+/// Most segments in one GSO message (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
+const MAX_SEGMENTS: usize = 64;
+/// Largest GSO message (a UDP datagram's payload limit, with room for headers).
+const MAX_GSO_BYTES: usize = 60_000;
+/// Datagrams read per `recvmmsg`.
+pub(crate) const RECV_BATCH: usize = 32;
+/// Receive slot size: larger datagrams are truncated and dropped (media packets are ~1200 bytes).
+pub(crate) const RECV_SLOT: usize = 2048;
+
+/// One queued message: a datagram, or a train of equal-sized segments to one address.
+#[derive(Debug, Clone, Copy)]
+struct Msg {
+    dest: SocketAddr,
+    start: usize,
+    len: usize,
+    /// Segment size (the first datagram's length).
+    seg: usize,
+    segments: usize,
+    /// A shorter last segment was appended: nothing more may follow.
+    closed: bool,
+}
+
+/// Counters of one batch's life, for tests and debugging.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SendStats {
+    /// Datagrams handed to the kernel.
+    pub datagrams: u64,
+    /// `sendmmsg`/`sendto` calls.
+    pub calls: u64,
+    /// Datagrams dropped (full socket buffer, unreachable destination).
+    pub dropped: u64,
+}
+
+/// Outgoing datagrams of one engine wake-up.
+pub(crate) struct SendBatch {
+    buf: Vec<u8>,
+    msgs: Vec<Msg>,
+    gso: bool,
+    stats: SendStats,
+    #[cfg(target_os = "linux")]
+    sys: SendSys,
+}
+
+#[cfg(target_os = "linux")]
+struct SendSys {
+    names: Vec<libc::sockaddr_storage>,
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    /// One `UDP_SEGMENT` control message per message (8-byte aligned).
+    cmsgs: Vec<[u64; 4]>,
+}
+
+// SAFETY: the raw pointers in `SendSys` only ever point into buffers owned by the same `SendBatch`, and are
+// rewritten before every system call; nothing is shared between threads.
+#[cfg(target_os = "linux")]
+unsafe impl Send for SendSys {}
+
+impl SendBatch {
+    /// A batch; `gso` allows merging datagrams to one address into one GSO message.
+    pub(crate) fn new(gso: bool) -> SendBatch {
+        SendBatch {
+            buf: Vec::with_capacity(SEND_BYTES),
+            msgs: Vec::with_capacity(MAX_MSGS),
+            gso: gso && cfg!(target_os = "linux"),
+            stats: SendStats::default(),
+            #[cfg(target_os = "linux")]
+            sys: SendSys {
+                // SAFETY: all-zero bytes are valid values of these plain C structs.
+                names: vec![unsafe { std::mem::zeroed() }; MAX_MSGS],
+                iov: vec![
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0
+                    };
+                    MAX_MSGS
+                ],
+                hdrs: vec![unsafe { std::mem::zeroed() }; MAX_MSGS],
+                cmsgs: vec![[0u64; 4]; MAX_MSGS],
+            },
+        }
+    }
+
+    #[cfg(test)]
+    /// Whether datagrams to one address are merged (GSO has not been refused so far).
+    pub(crate) fn gso(&self) -> bool {
+        self.gso
+    }
+
+    #[cfg(test)]
+    /// Counters so far.
+    pub(crate) fn stats(&self) -> SendStats {
+        self.stats
+    }
+
+    #[cfg(test)]
+    /// Whether nothing is waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Queues one datagram (flushing first when the batch is full).
+    pub(crate) fn push(&mut self, fd: RawFd, dest: SocketAddr, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len() > SEND_BYTES {
+            self.flush(fd);
+            self.send_one(fd, dest, data);
+            return;
+        }
+        let room = self.buf.len() + data.len() <= SEND_BYTES;
+        if self.gso && room {
+            if let Some(last) = self.msgs.last_mut() {
+                if last.dest == dest
+                    && !last.closed
+                    && data.len() <= last.seg
+                    && last.segments < MAX_SEGMENTS
+                    && last.len + data.len() <= MAX_GSO_BYTES
+                {
+                    last.len += data.len();
+                    last.segments += 1;
+                    last.closed = data.len() < last.seg;
+                    self.buf.extend_from_slice(data);
+                    return;
+                }
+            }
+        }
+        if !room || self.msgs.len() == MAX_MSGS {
+            self.flush(fd);
+        }
+        self.msgs.push(Msg {
+            dest,
+            start: self.buf.len(),
+            len: data.len(),
+            seg: data.len(),
+            segments: 1,
+            closed: false,
+        });
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Sends everything queued.
+    pub(crate) fn flush(&mut self, fd: RawFd) {
+        if self.msgs.is_empty() {
+            return;
+        }
+        let dropped = self.stats.dropped;
+        self.send_all(fd);
+        if self.stats.dropped > dropped {
+            metrics::counter!("sfu_udp_send_dropped_total").increment(self.stats.dropped - dropped);
+        }
+        self.msgs.clear();
+        self.buf.clear();
+    }
+
+    #[cfg(target_os = "linux")]
+    fn send_all(&mut self, fd: RawFd) {
+        let n = self.msgs.len();
+        let base = self.buf.as_ptr();
+        let cmsg_space = {
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize }
+        };
+        debug_assert!(cmsg_space <= std::mem::size_of::<[u64; 4]>());
+        for (k, m) in self.msgs.iter().enumerate() {
+            let sys = &mut self.sys;
+            // SAFETY: `start + len` is within `buf` (both were set when the bytes were appended).
+            sys.iov[k].iov_base = unsafe { base.add(m.start) } as *mut libc::c_void;
+            sys.iov[k].iov_len = m.len;
+            let namelen = to_sockaddr(&m.dest, &mut sys.names[k]);
+            let h = &mut sys.hdrs[k];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut sys.names[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = namelen;
+            h.msg_hdr.msg_iov = &mut sys.iov[k];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_flags = 0;
+            if m.segments > 1 {
+                let cbuf = &mut sys.cmsgs[k];
+                h.msg_hdr.msg_control = cbuf.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = cmsg_space as _;
+                // SAFETY: the control buffer is 8-byte aligned and CMSG_SPACE(2) bytes long, so
+                // CMSG_FIRSTHDR is non-null and the header plus its u16 payload fit in it.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), m.seg as u16);
+                }
+            } else {
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+            }
+        }
+        let mut done = 0;
+        while done < n {
+            // SAFETY: hdrs[done..n] were filled above and point into live buffers of `self`.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.sys.hdrs.as_mut_ptr().add(done),
+                    (n - done) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            self.stats.calls += 1;
+            if r > 0 {
+                let sent = r as usize;
+                self.stats.datagrams += self.msgs[done..done + sent]
+                    .iter()
+                    .map(|m| m.segments as u64)
+                    .sum::<u64>();
+                done += sent;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            let m = self.msgs[done];
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => {
+                    let left: u64 = self.msgs[done..].iter().map(|m| m.segments as u64).sum();
+                    self.stats.dropped += left;
+                    tracing::trace!(left, "SFU socket buffer full: rest of the batch dropped");
+                    return;
+                }
+                Some(libc::EIO | libc::EINVAL) if m.segments > 1 => {
+                    // GSO refused on this route or kernel: one datagram at a time from now on.
+                    tracing::info!("SFU: UDP GSO refused ({e}): sending one datagram per message");
+                    self.gso = false;
+                    let mut at = m.start;
+                    let end = m.start + m.len;
+                    while at < end {
+                        let len = m.seg.min(end - at);
+                        let (s, e2) = (at, at + len);
+                        let data = &self.buf[s..e2];
+                        send_to(fd, m.dest, data, &mut self.stats);
+                        at = e2;
+                    }
+                }
+                _ => {
+                    tracing::trace!(dest = %m.dest, "SFU send failed: {e}");
+                    self.stats.dropped += m.segments as u64;
+                }
+            }
+            done += 1;
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn send_all(&mut self, fd: RawFd) {
+        for k in 0..self.msgs.len() {
+            let m = self.msgs[k];
+            send_to(
+                fd,
+                m.dest,
+                &self.buf[m.start..m.start + m.len],
+                &mut self.stats,
+            );
+        }
+    }
+
+    fn send_one(&mut self, fd: RawFd, dest: SocketAddr, data: &[u8]) {
+        send_to(fd, dest, data, &mut self.stats);
+    }
+}
+
+/// One datagram with `sendto` on the (non-blocking) socket.
+fn send_to(fd: RawFd, dest: SocketAddr, data: &[u8], stats: &mut SendStats) {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the engine owns the socket for as long as it sends; the borrow ends with this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&fd);
+    stats.calls += 1;
+    match sock.send_to(data, &dest.into()) {
+        Ok(_) => stats.datagrams += 1,
+        Err(e) => {
+            tracing::trace!(%dest, "SFU send dropped: {e}");
+            stats.dropped += 1;
+        }
+    }
+}
+
+/// Datagrams read in one `recvmmsg`.
+pub(crate) struct RecvBatch {
+    buf: Vec<u8>,
+    lens: [usize; RECV_BATCH],
+    from: [Option<SocketAddr>; RECV_BATCH],
+    #[cfg(target_os = "linux")]
+    sys: RecvSys,
+}
+
+#[cfg(target_os = "linux")]
+struct RecvSys {
+    names: Vec<libc::sockaddr_storage>,
+    iov: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: as for `SendSys`: pointers into the owning batch, rewritten before every call.
+#[cfg(target_os = "linux")]
+unsafe impl Send for RecvSys {}
+
+impl RecvBatch {
+    /// Buffers for [`RECV_BATCH`] datagrams of up to [`RECV_SLOT`] bytes.
+    pub(crate) fn new() -> RecvBatch {
+        RecvBatch {
+            buf: vec![0u8; RECV_BATCH * RECV_SLOT],
+            lens: [0; RECV_BATCH],
+            from: [None; RECV_BATCH],
+            #[cfg(target_os = "linux")]
+            sys: RecvSys {
+                // SAFETY: all-zero bytes are valid values of these plain C structs.
+                names: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
+                iov: vec![
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0
+                    };
+                    RECV_BATCH
+                ],
+                hdrs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
+            },
+        }
+    }
+
+    /// Reads what is waiting (without blocking): the number of datagrams, `WouldBlock` when there is none.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let base = self.buf.as_mut_ptr();
+        for k in 0..RECV_BATCH {
+            let sys = &mut self.sys;
+            // SAFETY: slot k lies within `buf` (RECV_BATCH slots of RECV_SLOT bytes).
+            sys.iov[k].iov_base = unsafe { base.add(k * RECV_SLOT) }.cast();
+            sys.iov[k].iov_len = RECV_SLOT;
+            let h = &mut sys.hdrs[k];
+            h.msg_len = 0;
+            h.msg_hdr.msg_name = (&mut sys.names[k] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            h.msg_hdr.msg_iov = &mut sys.iov[k];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points at a live slot and name of `self`.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.sys.hdrs.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = r as usize;
+        for k in 0..n {
+            let h = &self.sys.hdrs[k];
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.lens[k] = if truncated {
+                0
+            } else {
+                (h.msg_len as usize).min(RECV_SLOT)
+            };
+            self.from[k] = from_sockaddr(&self.sys.names[k]);
+        }
+        Ok(n)
+    }
+
+    /// Reads what is waiting (without blocking): the number of datagrams, `WouldBlock` when there is none.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        use std::os::fd::BorrowedFd;
+        // SAFETY: the engine owns the socket; the borrow ends with this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&fd);
+        let mut n = 0;
+        while n < RECV_BATCH {
+            let slot = &mut self.buf[n * RECV_SLOT..(n + 1) * RECV_SLOT];
+            // SAFETY: u8 and MaybeUninit<u8> have the same layout; the slot is initialized.
+            let uninit = unsafe { &mut *(slot as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+            match sock.recv_from(uninit) {
+                Ok((len, from)) => {
+                    self.lens[n] = len;
+                    self.from[n] = from.as_socket();
+                    n += 1;
+                }
+                Err(e) if n == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Datagram `k` of the last read and its source (`None` for a truncated or unaddressed one).
+    pub(crate) fn get(&self, k: usize) -> Option<(&[u8], SocketAddr)> {
+        let from = (*self.from.get(k)?)?;
+        let len = self.lens[k];
+        (len > 0).then(|| (&self.buf[k * RECV_SLOT..k * RECV_SLOT + len], from))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn to_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in.
+            let sin =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in6.
+            let sin6 =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the kernel wrote a sockaddr_in.
+            let sin = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the kernel wrote a sockaddr_in6.
+            let sin6 =
+                unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn pair() -> (std::net::UdpSocket, std::net::UdpSocket) {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Room for a whole batch (a datagram costs ~1 KiB of receive buffer however small).
+        socket2::SockRef::from(&b)
+            .set_recv_buffer_size(4 << 20)
+            .unwrap();
+        (a, b)
+    }
+
+    fn received(b: &std::net::UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; 65536];
+        (0..n)
+            .map(|_| {
+                let (len, _) = b.recv_from(&mut buf).expect("datagram");
+                buf[..len].to_vec()
+            })
+            .collect()
+    }
+
+    /// Datagrams of sizes 1200, 1200, 1200, 700 to one address, then one to another, then 1200 again.
+    fn frame(k: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| k.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn one_flush_delivers_every_datagram_intact_and_in_order_with_gso() {
+        let (a, b) = pair();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (to_b, to_c) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        let mut batch = SendBatch::new(true);
+        let fd = a.as_raw_fd();
+        let sizes = [1200, 1200, 1200, 700, 1200, 1200];
+        for (k, &len) in sizes.iter().enumerate() {
+            batch.push(fd, to_b, &frame(k as u8, len));
+        }
+        batch.push(fd, to_c, &frame(99, 300));
+        batch.push(fd, to_b, &frame(100, 50));
+        batch.flush(fd);
+        assert!(batch.is_empty());
+        let got = received(&b, sizes.len() + 1);
+        for (k, &len) in sizes.iter().enumerate() {
+            assert_eq!(got[k], frame(k as u8, len), "datagram {k} to b");
+        }
+        assert_eq!(got[sizes.len()], frame(100, 50));
+        assert_eq!(received(&c, 1)[0], frame(99, 300));
+        let s = batch.stats();
+        assert_eq!(s.datagrams, 8);
+        assert_eq!(s.dropped, 0);
+        assert!(batch.gso(), "loopback takes UDP GSO");
+        // 1200×3+700 | 1200×2 | 300 (to c) | 50: four messages, one sendmmsg.
+        assert_eq!(s.calls, 1);
+    }
+
+    #[test]
+    fn without_gso_each_datagram_is_its_own_message_and_still_one_call() {
+        let (a, b) = pair();
+        let to_b = b.local_addr().unwrap();
+        let mut batch = SendBatch::new(false);
+        let fd = a.as_raw_fd();
+        for k in 0..10u8 {
+            batch.push(fd, to_b, &frame(k, 1000));
+        }
+        batch.flush(fd);
+        let got = received(&b, 10);
+        for k in 0..10u8 {
+            assert_eq!(got[k as usize], frame(k, 1000));
+        }
+        assert_eq!(batch.stats().calls, 1);
+        assert_eq!(batch.stats().datagrams, 10);
+    }
+
+    #[test]
+    fn a_batch_larger_than_its_buffer_is_flushed_in_parts_and_nothing_is_lost() {
+        let (a, b) = pair();
+        let to_b = b.local_addr().unwrap();
+        let mut batch = SendBatch::new(false);
+        let fd = a.as_raw_fd();
+        let n = MAX_MSGS + 10;
+        for k in 0..n {
+            batch.push(fd, to_b, &frame(k as u8, 100));
+        }
+        batch.flush(fd);
+        let got = received(&b, n);
+        for (k, d) in got.iter().enumerate() {
+            assert_eq!(*d, frame(k as u8, 100), "datagram {k}");
+        }
+        assert_eq!(batch.stats().calls, 2);
+    }
+
+    #[test]
+    fn recv_batch_reads_several_datagrams_with_their_sources() {
+        let (a, b) = pair();
+        let to_b = b.local_addr().unwrap();
+        for k in 0..5u8 {
+            a.send_to(&frame(k, 200 + k as usize), to_b).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut r = RecvBatch::new();
+        let n = r.recv(b.as_raw_fd()).expect("datagrams waiting");
+        assert_eq!(n, 5);
+        for k in 0..5 {
+            let (d, from) = r.get(k).expect("datagram");
+            assert_eq!(d, frame(k as u8, 200 + k).as_slice());
+            assert_eq!(from, a.local_addr().unwrap());
+        }
+        b.set_nonblocking(true).unwrap();
+        let e = r.recv(b.as_raw_fd()).expect_err("nothing waiting");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+}
