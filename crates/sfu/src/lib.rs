@@ -29,6 +29,7 @@ mod sdp;
 mod simulcast;
 mod stun;
 mod tcp;
+mod udp;
 mod whip;
 
 pub use stun::stun_local_ufrag;
@@ -61,6 +62,9 @@ pub struct SfuConfig {
     /// whose path is down or never came up, is removed from the SFU: its tracks end for the others and its
     /// state is freed. A participant's SDK can offer again later.
     pub media_timeout_secs: u64,
+    /// Merge consecutive datagrams to one address (a subscriber's packets of one frame) into one UDP GSO send
+    /// (Linux `UDP_SEGMENT`); falls back by itself when the kernel refuses it.
+    pub udp_gso: bool,
 }
 
 impl Default for SfuConfig {
@@ -74,6 +78,7 @@ impl Default for SfuConfig {
             bandwidth_estimation: true,
             drop_silent_audio_above: 8,
             media_timeout_secs: 30,
+            udp_gso: true,
         }
     }
 }
