@@ -10,32 +10,37 @@ import assert from 'node:assert/strict';
 import { peerStats, mediaGrowth, sleep, describePair } from './lib/lab.mjs';
 import { withLab, joinPair, skipReason } from './lib/scenario.mjs';
 
+/**
+ * Alice (A) and Bob (B) join `room`; both selected pairs must go through a relay (Alice's own relay candidate
+ * reached over `aliceVia` — 'tcp' or 'tls' — when given), media must flow both ways for 3 s, and the TURN server
+ * must have relayed more than 100 kB of it (`turn_relayed_bytes_total`).
+ */
+async function relayedCall(lab, room, { aliceVia = null, timeout = 30000 } = {}) {
+  const before = lab.turnRelayedBytes();
+  const { alice, bob, sa, sb } = await joinPair(lab, room, { timeout, path: 'relay' });
+  if (aliceVia) {
+    assert.equal(sa.local, 'relay', `Alice uses a relay candidate: ${describePair(sa)}`);
+    assert.equal(sa.relayProtocol, aliceVia, `Alice reaches TURN over ${aliceVia}: ${describePair(sa)}`);
+  }
+  assert.equal(sa.path, 'relay', `Alice's pair goes through the relay: ${describePair(sa)}`);
+  assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
+  const [toBob, toAlice] = await Promise.all([mediaGrowth(bob, alice, 3000), mediaGrowth(alice, bob, 3000)]);
+  for (const g of [toBob, toAlice]) assert.ok(g.frames > 0 && g.samples > 0, `media flows through the relay both ways: ${JSON.stringify({ toBob, toAlice })}`);
+  const relayed = lab.turnRelayedBytes() - before;
+  lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
+  assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+  return { alice, bob };
+}
+
 test('(2) one side behind a symmetric NAT: connects via TURN relay, TURN relays the media', { skip: skipReason || false, timeout: 90000 }, async (t) => {
   await withLab(t, 'symmetric', { a: { nat: 'symmetric' }, b: { nat: 'eim' } }, async ({ lab }) => {
-    const before = lab.turnRelayedBytes();
-    const { alice, bob, sa, sb } = await joinPair(lab, 'sym-room');
-    assert.equal(sa.path, 'relay', `Alice's pair goes through the relay: ${describePair(sa)}`);
-    assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
-    const g = await mediaGrowth(bob, alice, 3000);
-    assert.ok(g.frames > 0 && g.samples > 0, `media flows through the relay: ${JSON.stringify(g)}`);
-    const relayed = lab.turnRelayedBytes() - before;
-    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
-    assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+    await relayedCall(lab, 'sym-room');
   });
 });
 
 test('(3) UDP blocked at one NAT: connects via TURN over TCP', { skip: skipReason || false, timeout: 90000 }, async (t) => {
   await withLab(t, 'udp-blocked', { a: { nat: 'eim', udpBlock: true }, b: { nat: 'eim' } }, async ({ lab }) => {
-    const before = lab.turnRelayedBytes();
-    const { alice, bob, sa, sb } = await joinPair(lab, 'tcp-room', { timeout: 40000 });
-    assert.equal(sa.local, 'relay', `Alice (UDP blocked) uses a relay candidate: ${describePair(sa)}`);
-    assert.equal(sa.relayProtocol, 'tcp', `Alice reaches TURN over TCP: ${describePair(sa)}`);
-    assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
-    const g = await mediaGrowth(alice, bob, 3000);
-    assert.ok(g.frames > 0 && g.samples > 0, `media flows over TURN/TCP: ${JSON.stringify(g)}`);
-    const relayed = lab.turnRelayedBytes() - before;
-    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
-    assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+    await relayedCall(lab, 'tcp-room', { aliceVia: 'tcp', timeout: 40000 });
   });
 });
 
@@ -69,15 +74,7 @@ test('(4) control: without TURN (--no-turn), symmetric + symmetric NATs do not c
 
 test('(11) both sides behind symmetric NATs: the call goes through a TURN relay, which relays the media', { skip: skipReason || false, timeout: 90000 }, async (t) => {
   await withLab(t, 'sym-sym', { a: { nat: 'symmetric' }, b: { nat: 'symmetric' } }, async ({ lab }) => {
-    const before = lab.turnRelayedBytes();
-    const { alice, bob, sa, sb } = await joinPair(lab, 'symsym-room', { path: 'relay' });
-    assert.equal(sa.path, 'relay', `Alice's pair goes through the relay: ${describePair(sa)}`);
-    assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
-    const g = await mediaGrowth(bob, alice, 3000);
-    assert.ok(g.frames > 0 && g.samples > 0, `media flows through the relay: ${JSON.stringify(g)}`);
-    const relayed = lab.turnRelayedBytes() - before;
-    lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
-    assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
+    await relayedCall(lab, 'symsym-room');
   });
 });
 
@@ -98,19 +95,10 @@ test('(12) corporate firewall at A (no UDP, TCP only to 443/8080): connects via 
       lab.note(`server TURN listeners: ${Object.entries(lab.server.listening).filter(([k]) => k.startsWith('turn')).map(([k, v]) => `${k} ${v}`).join(', ')}`);
       // Chromium checks the TURN server's certificate: trust our self-signed one by its public key.
       lab.browserArgs.push(`--ignore-certificate-errors-spki-list=${cert.spki}`);
-      const before = lab.turnRelayedBytes();
-      const { alice, bob, sa, sb } = await joinPair(lab, 'tls-room', { timeout: 40000 });
+      const { alice } = await relayedCall(lab, 'tls-room', { aliceVia: 'tls', timeout: 40000 });
       const iceServers = await alice.page.evaluate(() => window.switchboardApp.room.iceServers.flatMap((s) => [].concat(s.urls)));
       lab.note(`ICE servers offered: ${iceServers.join(' ')}`);
       assert.ok(iceServers.some((u) => u.startsWith('turns:203.0.113.1:443')), `the server offers turns: on 443 (${iceServers})`);
-      assert.equal(sa.local, 'relay', `Alice (behind the firewall) uses a relay candidate: ${describePair(sa)}`);
-      assert.equal(sa.relayProtocol, 'tls', `Alice reaches TURN over TLS: ${describePair(sa)}`);
-      assert.equal(sb.path, 'relay', `Bob's pair goes through the relay: ${describePair(sb)}`);
-      const g = await mediaGrowth(alice, bob, 3000);
-      assert.ok(g.frames > 0 && g.samples > 0, `media flows over TURN/TLS: ${JSON.stringify(g)}`);
-      const relayed = lab.turnRelayedBytes() - before;
-      lab.note(`TURN relayed ${relayed} bytes (turn_relayed_bytes_total)`);
-      assert.ok(relayed > 100000, `TURN relayed the media (${relayed} bytes)`);
     },
   );
 });
