@@ -188,6 +188,55 @@ class Emitter {
 }
 
 /** A participant of the room (remote, or `room.localParticipant`). */
+/**
+ * The selected candidate pair of a peer connection's stats report (the transport's, else a nominated succeeded
+ * pair) and its two candidates: `{pair, local, remote, path}` with path 'direct' | 'relay' | null.
+ */
+function selectedPath(report) {
+  const byId = new Map();
+  report.forEach((s) => byId.set(s.id, s));
+  let pair = null;
+  report.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
+  });
+  if (!pair) {
+    report.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.state === 'succeeded' && (s.nominated || s.selected)) pair = pair || s;
+    });
+  }
+  const cand = (id) => {
+    const c = id && byId.get(id);
+    return c ? { type: c.candidateType, protocol: c.protocol, address: c.address ?? c.ip, port: c.port, relayProtocol: c.relayProtocol } : null;
+  };
+  const local = pair ? cand(pair.localCandidateId) : null;
+  const remote = pair ? cand(pair.remoteCandidateId) : null;
+  const path = local && remote ? (local.type === 'relay' || remote.type === 'relay' ? 'relay' : 'direct') : null;
+  return { pair, local, remote, path };
+}
+
+/** A participant's stats summary (`room.getStats()`) with its counters at zero, for the path `sel` of `pc`. */
+function emptyPeerStats(participant, pc, sel) {
+  return {
+    participantId: participant.id,
+    name: participant.name,
+    connectionState: pc.connectionState,
+    iceConnectionState: pc.iceConnectionState,
+    local: sel.local,
+    remote: sel.remote,
+    path: sel.path,
+    rttMs: sel.pair && sel.pair.currentRoundTripTime != null ? sel.pair.currentRoundTripTime * 1000 : null,
+    bytesSent: 0,
+    bytesReceived: 0,
+    inboundBitrate: 0,
+    outboundBitrate: 0,
+    video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, packetsLost: 0, frameWidth: 0, frameHeight: 0 },
+    audio: { totalSamplesReceived: 0, packetsReceived: 0, packetsLost: 0 },
+    packetLoss: 0,
+    dataChannels: {},
+    timestamp: Date.now(),
+  };
+}
+
 export class Participant {
   constructor(info, isLocal = false) {
     this.id = info.id;
@@ -581,41 +630,9 @@ class Peer {
   async stats() {
     const report = await this.pc.getStats();
     const now = performance.now();
-    const byId = new Map();
-    report.forEach((s) => byId.set(s.id, s));
-    let pair = null;
-    report.forEach((s) => {
-      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
-    });
-    if (!pair) {
-      report.forEach((s) => {
-        if (s.type === 'candidate-pair' && s.state === 'succeeded' && (s.nominated || s.selected)) pair = pair || s;
-      });
-    }
-    const cand = (id) => {
-      const c = id && byId.get(id);
-      return c ? { type: c.candidateType, protocol: c.protocol, address: c.address ?? c.ip, port: c.port, relayProtocol: c.relayProtocol } : null;
-    };
-    const out = {
-      participantId: this.id,
-      name: this.participant.name,
-      connectionState: this.pc.connectionState,
-      iceConnectionState: this.pc.iceConnectionState,
-      local: pair ? cand(pair.localCandidateId) : null,
-      remote: pair ? cand(pair.remoteCandidateId) : null,
-      path: null,
-      rttMs: pair && pair.currentRoundTripTime != null ? pair.currentRoundTripTime * 1000 : null,
-      bytesSent: 0,
-      bytesReceived: 0,
-      inboundBitrate: 0,
-      outboundBitrate: 0,
-      video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, packetsLost: 0, frameWidth: 0, frameHeight: 0 },
-      audio: { totalSamplesReceived: 0, packetsReceived: 0, packetsLost: 0 },
-      packetLoss: 0,
-      dataChannels: {},
-      timestamp: Date.now(),
-    };
-    if (out.local && out.remote) out.path = out.local.type === 'relay' || out.remote.type === 'relay' ? 'relay' : 'direct';
+    const sel = selectedPath(report);
+    const { pair } = sel;
+    const out = emptyPeerStats(this.participant, this.pc, sel);
     let inBytes = 0;
     let outBytes = 0;
     report.forEach((s) => {
@@ -929,41 +946,9 @@ class SfuPeer extends Peer {
   async statsByParticipant() {
     const report = await this.pc.getStats();
     const now = performance.now();
-    const byId = new Map();
-    report.forEach((s) => byId.set(s.id, s));
-    let pair = null;
-    report.forEach((s) => {
-      if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId) || pair;
-    });
-    const cand = (id) => {
-      const c = id && byId.get(id);
-      return c ? { type: c.candidateType, protocol: c.protocol, address: c.address ?? c.ip, port: c.port, relayProtocol: c.relayProtocol } : null;
-    };
-    const local = pair ? cand(pair.localCandidateId) : null;
-    const remote = pair ? cand(pair.remoteCandidateId) : null;
+    const sel = selectedPath(report);
     const out = {};
-    for (const p of this.room.participants.values()) {
-      out[p.id] = {
-        participantId: p.id,
-        name: p.name,
-        connectionState: this.pc.connectionState,
-        iceConnectionState: this.pc.iceConnectionState,
-        local,
-        remote,
-        path: local && remote ? (local.type === 'relay' || remote.type === 'relay' ? 'relay' : 'direct') : null,
-        rttMs: pair && pair.currentRoundTripTime != null ? pair.currentRoundTripTime * 1000 : null,
-        bytesSent: 0,
-        bytesReceived: 0,
-        inboundBitrate: 0,
-        outboundBitrate: 0,
-        video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, packetsLost: 0, frameWidth: 0, frameHeight: 0 },
-        audio: { totalSamplesReceived: 0, packetsReceived: 0, packetsLost: 0 },
-        packetLoss: 0,
-        dataChannels: {},
-        timestamp: Date.now(),
-        via: 'sfu',
-      };
-    }
+    for (const p of this.room.participants.values()) out[p.id] = { ...emptyPeerStats(p, this.pc, sel), via: 'sfu' };
     report.forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
       const owner = this.trackOwner.get(s.trackIdentifier) || (s.mid != null ? this.midOwner.get(String(s.mid)) : undefined);
