@@ -14,7 +14,11 @@ pub(crate) fn follow_codec_order(theirs: &str, ours: &str) -> String {
     let offered: Vec<Option<Vec<&str>>> = theirs
         .lines()
         .filter(|l| l.starts_with("m="))
-        .map(|l| l.trim_end().strip_prefix("m=video ").map(|rest| rest.split(' ').skip(2).collect()))
+        .map(|l| {
+            l.trim_end()
+                .strip_prefix("m=video ")
+                .map(|rest| rest.split(' ').skip(2).collect())
+        })
         .collect();
     let mut out = String::with_capacity(ours.len());
     let mut index = 0;
@@ -27,7 +31,8 @@ pub(crate) fn follow_codec_order(theirs: &str, ours: &str) -> String {
         index += 1;
         let body = line.trim_end_matches(['\r', '\n']);
         let ending = &line[body.len()..];
-        let (Some(rest), Some(Some(order))) = (body.strip_prefix("m=video "), offered.get(this)) else {
+        let (Some(rest), Some(Some(order))) = (body.strip_prefix("m=video "), offered.get(this))
+        else {
             out.push_str(line);
             continue;
         };
