@@ -4,6 +4,10 @@
 // him the lower layer; when the limit is lifted, the estimate grows back (the SFU tries the full layer again)
 // and he gets the full layer. Frames keep decoding throughout (no long stall of Bob's decoder).
 //
+// (15): random loss on Bob's downlink only — Bob's NACKs are answered by the SFU from its retransmission buffer
+// (Bob receives retransmissions, Alice, whose uplink is clean, gets no NACK and resends nothing), and the SFU's
+// sender reports reach Bob.
+//
 // Run: sudo node --test --test-concurrency=1 tests/netlab/sfu.test.mjs   (see docs/nat-traversal.md)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -167,5 +171,57 @@ test('(10) sfu room, UDP blocked at A and no TURN: Alice reaches the SFU over IC
     lab.note(`Alice's pair to the SFU: ${JSON.stringify(a)}; Bob's: ${JSON.stringify(b)}`);
     assert.match(a.remote, /^host\/tcp /, 'Alice uses the SFU\'s TCP candidate');
     assert.match(b.remote, /^host\/udp /, 'Bob (UDP allowed) still uses UDP');
+  });
+});
+
+/** Video RTP counters of a page's SFU link: inbound (summed) and outbound (summed over layers), and SR reports. */
+function rtpCounters(page) {
+  return page.evaluate(async () => {
+    const out = { nackSent: 0, received: 0, lost: 0, rtxReceived: 0, framesDecoded: 0, nackReceived: 0, rtxSent: 0, sent: 0, srReceived: 0 };
+    const stats = await window.switchboardApp.room.sfu.pc.getStats();
+    stats.forEach((s) => {
+      if (s.kind !== 'video') return;
+      if (s.type === 'inbound-rtp') {
+        out.nackSent += s.nackCount || 0;
+        out.received += s.packetsReceived || 0;
+        out.lost += s.packetsLost || 0;
+        out.rtxReceived += s.retransmittedPacketsReceived || 0;
+        out.framesDecoded += s.framesDecoded || 0;
+      } else if (s.type === 'outbound-rtp') {
+        out.nackReceived += s.nackCount || 0;
+        out.rtxSent += s.retransmittedPacketsSent || 0;
+        out.sent += s.packetsSent || 0;
+      } else if (s.type === 'remote-outbound-rtp') {
+        out.srReceived += s.reportsSent || 0;
+      }
+    });
+    return out;
+  });
+}
+
+test('(15) sfu room, 5 % loss on Bob\'s downlink: the SFU answers his NACKs from its own buffer (Alice resends nothing), its sender reports reach him', { skip: skipReason || false, timeout: 120000 }, async (t) => {
+  await withLab(t, 'sfu-nack', { a: { nat: 'eim' }, b: { nat: 'eim' }, turn: false, env: SFU_ENV }, async ({ lab }) => {
+    const alice = await lab.join('a', 'nack-room', 'Alice', { simulcast: false });
+    const bob = await lab.join('b', 'nack-room', 'Bob', { publish: false });
+    await until(async () => (await video(bob.page, alice.id)).frames > 30, { timeout: 45000, interval: 500, what: 'Bob decoding Alice through the SFU' });
+    const a0 = await rtpCounters(alice.page);
+    const b0 = await rtpCounters(bob.page);
+    lab.loss('b', 5);
+    lab.note(`Bob's downlink drops 5 % of its UDP packets (nftables numgen on router B) for 8 s`);
+    await sleep(8000);
+    lab.loss('b', 'off');
+    const a1 = await rtpCounters(alice.page);
+    const b1 = await rtpCounters(bob.page);
+    const d = (x, y) => Object.fromEntries(Object.keys(x).map((k) => [k, y[k] - x[k]]));
+    const bob8 = d(b0, b1);
+    const alice8 = d(a0, a1);
+    lab.note(`Bob in 8 s: ${bob8.received} video packets, ${bob8.nackSent} NACKs sent, ${bob8.rtxReceived} retransmissions received, ${bob8.lost} counted lost (packetsLost), ${bob8.framesDecoded} frames decoded, ${bob8.srReceived} sender reports`);
+    lab.note(`Alice in 8 s: ${alice8.sent} video packets sent, ${alice8.nackReceived} NACKs received, ${alice8.rtxSent} retransmissions sent`);
+    assert.ok(bob8.nackSent > 0, `Bob asked for retransmissions (${bob8.nackSent} NACKs)`);
+    assert.ok(bob8.rtxReceived > 0, `Bob received retransmissions (${bob8.rtxReceived})`);
+    assert.ok(bob8.rtxReceived >= bob8.nackSent / 4, `most NACKs were answered (${bob8.rtxReceived} retransmissions for ${bob8.nackSent} NACKs)`);
+    assert.equal(alice8.rtxSent, 0, `Alice (clean uplink) resent nothing: the SFU answered from its buffer (${alice8.rtxSent} retransmissions from Alice, ${alice8.nackReceived} NACKs to her)`);
+    assert.ok(bob8.framesDecoded > 40, `Bob kept decoding under loss (${bob8.framesDecoded} frames in 8 s)`);
+    assert.ok(bob8.srReceived > 0, `the SFU's sender reports reach Bob (${bob8.srReceived} in 8 s)`);
   });
 });

@@ -157,6 +157,11 @@ export class Lab {
     netlab('readdress', this.prefix, side, ip);
   }
 
+  /** Drops `percent` % of side a/b's downlink (what its router forwards to the client) at random, or 'off'. */
+  loss(side, percent) {
+    netlab('loss', this.prefix, side, String(percent));
+  }
+
   /** Limits side a/b's downlink (what its router forwards to the client) to `rate` ('300kbit'), or 'off'. */
   shape(side, rate) {
     netlab('shape', this.prefix, side, rate);
@@ -282,9 +287,9 @@ export class Lab {
   /**
    * Opens the app in the client namespace `side` and waits until it joined `room`.
    * Returns {side, page, name, id, console}. Options: relay (relay-only), publish (false: a viewer without
-   * camera and microphone), timeout.
+   * camera and microphone), simulcast (false: one video layer in SFU rooms), timeout.
    */
-  async join(side, room, name, { relay = false, publish = true, timeout = 20000 } = {}) {
+  async join(side, room, name, { relay = false, publish = true, simulcast = true, timeout = 20000 } = {}) {
     const browser = await this.launchBrowser(side);
     const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
     const page = await context.newPage();
@@ -303,6 +308,7 @@ export class Lab {
     const q = new URLSearchParams({ name });
     if (relay) q.set('relay', '1');
     if (!publish) q.set('publish', '0');
+    if (!simulcast) q.set('simulcast', '0');
     await page.goto(`${ORIGIN}/room/${encodeURIComponent(room)}?${q}#token=${token}`, { timeout });
     try {
       await page.waitForFunction(() => window.switchboardApp?.room?.signalingState === 'connected' && !!window.switchboardApp.room.localParticipant, null, { timeout });

@@ -21,6 +21,8 @@
 #                                         address is removed, which also drops the NAT's existing mappings.
 #   netlab.sh shape P a|b RATE|off        limit what router a/b forwards to its client (its LAN egress, i.e. the
 #                                         client's downlink) to RATE (tc tbf, e.g. 300kbit or 2mbit); off lifts it
+#   netlab.sh loss P a|b PERCENT|off      drop PERCENT % of the UDP router a/b forwards to its client at random
+#                                         (nftables numgen: loss on the client's downlink); off lifts it
 #   netlab.sh exec P NODE CMD...          run CMD in namespace P-NODE (NODE: pub, ra, rb, a, b)
 #   netlab.sh status P                    addresses and NAT rules of the lab
 #   netlab.sh down P                      kill whatever still runs in the lab's namespaces, delete them
@@ -172,7 +174,22 @@ case "$cmd" in
       # A 100 ms queue, then drops: what a congested home link does to a downlink.
       nsx "$1-$R" tc qdisc replace dev lan root tbf rate "$3" burst 16kb latency 100ms
     fi ;;
+  loss)
+    check_prefix "${1:-}"; side_vars "${2:-}"
+    nsx "$1-$R" nft delete table ip netlab_loss 2>/dev/null || true
+    if [[ "${3:-}" != off ]]; then
+      [[ "${3:-}" =~ ^[0-9]+$ && "$3" -le 100 ]] || die "loss must be a whole percentage like 5, or off"
+      # Random loss of the UDP the router forwards to its client (nftables numgen; no netem needed).
+      nsx "$1-$R" nft -f - <<EOF
+table ip netlab_loss {
+  chain random_drop {
+    type filter hook forward priority filter - 1; policy accept;
+    oifname "lan" meta l4proto udp numgen random mod 100 < $3 counter drop
+  }
+}
+EOF
+    fi ;;
   exec) check_prefix "${1:-}"; P=$1; N=$2; shift 2; exec ip netns exec "$P-$N" "$@" ;;
   status) check_prefix "${1:-}"; cmd_status "$1" ;;
-  *) sed -n '2,25p' "$0"; exit 2 ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac
