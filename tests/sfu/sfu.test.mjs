@@ -63,14 +63,35 @@ test('sfu room with two participants: each decodes the other\'s audio and video 
   await h.close();
 });
 
-test('sfu room with four participants: everyone decodes everyone; video packets out ≈ 3 × packets in', { timeout: 180000 }, async () => {
+test('sfu room with four participants: everyone decodes everyone; each publisher\'s packets reach each of the three others once, packets out ≈ 3 × in', { timeout: 180000 }, async () => {
   // One video layer per publisher, so that "arrives once, leaves three times" is exact (simulcast, where one of
   // the three incoming layers goes out, has its own test).
   const { server, ps } = await checkRoom(4, 'sfu-four', { simulcast: false });
+  // Per publisher: video packets it sent to the SFU, and what each other participant received from it.
+  const counts = () => Promise.all(ps.map((p) => p.page.evaluate(async () => {
+    const room = window.switchboardApp.room;
+    let sent = 0;
+    (await room.sfu.pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') sent += s.packetsSent || 0;
+    });
+    const recv = Object.fromEntries(Object.entries(await room.getStats()).map(([id, st]) => [id, st.video.packetsReceived]));
+    return { sent, recv };
+  })));
   const m0 = (await httpGet(server, '/metrics')).body;
+  const c0 = await counts();
   assert.equal(metric(m0, 'sfu_participants'), 4, 'sfu_participants gauge');
   await sleep(5000);
+  const c1 = await counts();
   const m1 = (await httpGet(server, '/metrics')).body;
+  ps.forEach((pub, i) => {
+    const sent = c1[i].sent - c0[i].sent;
+    const got = ps.map((_, j) => (j === i ? 0 : (c1[j].recv[pub.id] ?? 0) - (c0[j].recv[pub.id] ?? 0)));
+    const fanout = got.reduce((a, b) => a + b, 0) / sent;
+    console.log(`# ${pub.name}: sent ${sent} video packets, the three others received ${got.filter((_, j) => j !== i).join(' + ')} (x${fanout.toFixed(2)})`);
+    assert.ok(sent > 30, `${pub.name} sent video (${sent} packets in 5 s)`);
+    assert.ok(fanout > 2.7 && fanout < 3.3, `${pub.name}'s packets reach each of the three others once: x${fanout.toFixed(2)}`);
+    for (const [j, g] of got.entries()) if (j !== i) assert.ok(g > 0.8 * sent && g < 1.2 * sent, `${ps[j].name} got ${g} of ${pub.name}'s ${sent} packets`);
+  });
   const vin = metric(m1, 'sfu_rtp_packets_in_total', { kind: 'video' }) - metric(m0, 'sfu_rtp_packets_in_total', { kind: 'video' });
   const vout = metric(m1, 'sfu_rtp_packets_out_total', { kind: 'video' }) - metric(m0, 'sfu_rtp_packets_out_total', { kind: 'video' });
   const ain = metric(m1, 'sfu_rtp_packets_in_total', { kind: 'audio' }) - metric(m0, 'sfu_rtp_packets_in_total', { kind: 'audio' });
