@@ -196,6 +196,9 @@ impl RecvBatch {
 }
 
 /// Datagrams to send, each from its own buffer to its own destination, in one `sendmmsg` per socket.
+/// On Linux a run of consecutive datagrams for the same destination with the same size (the last may be
+/// shorter) leaves as one GSO send (`UDP_SEGMENT`): the kernel builds and routes one buffer and splits it
+/// into the original datagrams, instead of traversing the stack once per datagram.
 pub(crate) struct SendBatch {
     /// Per-datagram buffers (capacity reserved once).
     pub(crate) bufs: Vec<Vec<u8>>,
@@ -203,6 +206,8 @@ pub(crate) struct SendBatch {
     len: usize,
     #[cfg(target_os = "linux")]
     sys: Sys,
+    #[cfg(target_os = "linux")]
+    gso: gso::Scratch,
 }
 
 impl SendBatch {
@@ -213,7 +218,15 @@ impl SendBatch {
             len: 0,
             #[cfg(target_os = "linux")]
             sys: Sys::new(),
+            #[cfg(target_os = "linux")]
+            gso: gso::Scratch::new(),
         }
+    }
+
+    /// GSO sends made so far (each one carried several datagrams).
+    #[cfg(all(test, target_os = "linux"))]
+    pub(crate) fn gso_sends(&self) -> u64 {
+        self.gso.sends
     }
 
     /// The buffer of the next datagram (cleared), or None when the batch is full.
@@ -244,6 +257,15 @@ impl SendBatch {
         if n == 0 {
             return Ok(0);
         }
+        #[cfg(target_os = "linux")]
+        if gso::enabled() {
+            let (bufs, dest) = (&self.bufs, &self.dest);
+            let item = |k: usize| {
+                let to = dest[k].unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                (bufs[k].as_slice(), to)
+            };
+            return self.gso.send(fd, n, item);
+        }
         send_slices(
             fd,
             n,
@@ -259,10 +281,12 @@ impl SendBatch {
     }
 }
 
-/// Scratch for [`send_slices`] (Linux: iovecs, headers, addresses).
+/// Scratch for [`send_slices`] (Linux: iovecs, headers, addresses; GSO as in [`SendBatch`]).
 pub(crate) struct SendScratch {
     #[cfg(target_os = "linux")]
     sys: Sys,
+    #[cfg(target_os = "linux")]
+    gso: gso::Scratch,
 }
 
 impl SendScratch {
@@ -270,6 +294,8 @@ impl SendScratch {
         SendScratch {
             #[cfg(target_os = "linux")]
             sys: Sys::new(),
+            #[cfg(target_os = "linux")]
+            gso: gso::Scratch::new(),
         }
     }
 
@@ -280,6 +306,10 @@ impl SendScratch {
         n: usize,
         item: impl Fn(usize) -> (&'a [u8], SocketAddr),
     ) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if gso::enabled() {
+            return self.gso.send(fd, n, item);
+        }
         send_slices(
             fd,
             n,
@@ -363,6 +393,64 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn gso_runs_arrive_as_the_original_datagrams_in_order() {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind tx");
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a");
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind b");
+        let (to_a, to_b) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+        // (destination, size): a run of five for a ending with a shorter one, three for b, one for a,
+        // then two too large to be segments.
+        let plan = [
+            (to_a, 100),
+            (to_a, 100),
+            (to_a, 100),
+            (to_a, 100),
+            (to_a, 60),
+            (to_b, 100),
+            (to_b, 100),
+            (to_b, 100),
+            (to_a, 100),
+            (to_b, 2000),
+            (to_b, 2000),
+        ];
+        let mut sb = SendBatch::new(4096);
+        for (i, (to, size)) in plan.iter().enumerate() {
+            let buf = sb.next_buf().expect("room");
+            buf.resize(*size, i as u8);
+            sb.commit(*to);
+        }
+        assert_eq!(sb.flush(tx.as_raw_fd()).expect("send"), plan.len());
+        assert!(gso::enabled(), "loopback segments");
+        assert_eq!(
+            sb.gso_sends(),
+            2,
+            "the run of five for a and the three for b"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut rb = RecvBatch::new();
+        for (sock, to) in [(&a, to_a), (&b, to_b)] {
+            let want: Vec<(usize, u8)> = plan
+                .iter()
+                .enumerate()
+                .filter(|(_, (d, _))| *d == to)
+                .map(|(i, (_, size))| (*size, i as u8))
+                .collect();
+            sock.set_nonblocking(true).expect("nonblocking");
+            let n = rb.recv(sock.as_raw_fd()).expect("recv");
+            let got: Vec<(usize, u8)> = (0..n)
+                .map(|k| {
+                    let (d, from) = rb.get(k);
+                    assert_eq!(from, Some(tx.local_addr().expect("tx")));
+                    assert!(d.iter().all(|x| *x == d[0]), "one datagram's bytes only");
+                    (d.len(), d[0])
+                })
+                .collect();
+            assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn batch_round_trip_keeps_order_sources_and_sizes() {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a");
@@ -417,6 +505,173 @@ mod tests {
                 rb.get(1),
                 (b"v6".as_slice(), Some(c.local_addr().expect("addr")))
             );
+        }
+    }
+}
+
+/// Generic segmentation offload for UDP sends (`UDP_SEGMENT`, Linux ≥ 4.18).
+#[cfg(target_os = "linux")]
+mod gso {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::{send_slices, to_sockaddr, Sys, BATCH};
+
+    const SOL_UDP: libc::c_int = 17;
+    const UDP_SEGMENT: libc::c_int = 103;
+    /// Largest datagram sent as a segment: the segment plus headers must fit the interface MTU, so only
+    /// datagrams that fit an Ethernet frame are grouped (larger ones leave one by one).
+    const MAX_SEGMENT: usize = 1472;
+    /// Most bytes in one GSO send (a UDP datagram's limit, with room to spare).
+    const MAX_BYTES: usize = 65_000;
+    /// Control buffer per header: CMSG_SPACE(sizeof(u16)) = 24 bytes, as u64s for alignment.
+    const CTRL_WORDS: usize = 4;
+
+    /// Cleared for good when the kernel or a device refuses a GSO send (then sends are per datagram).
+    static ENABLED: AtomicBool = AtomicBool::new(true);
+
+    pub(super) fn enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
+
+    /// Scratch of [`Scratch::send`]: iovecs (one per datagram), headers and names (one per run),
+    /// control buffers for the segment size, and how many datagrams each header carries.
+    pub(super) struct Scratch {
+        iov: Vec<libc::iovec>,
+        hdrs: Vec<libc::mmsghdr>,
+        names: Vec<libc::sockaddr_storage>,
+        ctrl: Vec<[u64; CTRL_WORDS]>,
+        count: [usize; BATCH],
+        /// GSO sends made (for tests).
+        pub(super) sends: u64,
+        /// Scratch of the one-by-one fallback.
+        fallback: Sys,
+    }
+
+    // SAFETY: the raw pointers are scratch, rewritten before every system call and never dereferenced by
+    // Rust code; moving the arrays to another thread is harmless.
+    unsafe impl Send for Scratch {}
+
+    impl Scratch {
+        pub(super) fn new() -> Scratch {
+            // SAFETY: all-zero is a valid value of these plain C structs.
+            unsafe {
+                Scratch {
+                    iov: vec![std::mem::zeroed(); BATCH],
+                    hdrs: vec![std::mem::zeroed(); BATCH],
+                    names: vec![std::mem::zeroed(); BATCH],
+                    ctrl: vec![[0u64; CTRL_WORDS]; BATCH],
+                    count: [0; BATCH],
+                    sends: 0,
+                    fallback: Sys::new(),
+                }
+            }
+        }
+
+        /// Send datagrams `item(0..n)` (n at most [`BATCH`]) on non-blocking socket `fd`, each run of
+        /// equal-size datagrams for one destination (the last may be shorter) as one GSO send; returns
+        /// how many datagrams the kernel took.
+        pub(super) fn send<'a>(
+            &mut self,
+            fd: RawFd,
+            n: usize,
+            item: impl Fn(usize) -> (&'a [u8], SocketAddr),
+        ) -> io::Result<usize> {
+            let n = n.min(BATCH);
+            for k in 0..n {
+                let (b, _) = item(k);
+                self.iov[k].iov_base = b.as_ptr() as *mut libc::c_void;
+                self.iov[k].iov_len = b.len();
+            }
+            // One header per run.
+            let mut m = 0;
+            let mut k = 0;
+            while k < n {
+                let to = item(k).1;
+                let seg = self.iov[k].iov_len;
+                let mut run = 1;
+                if (1..=MAX_SEGMENT).contains(&seg) {
+                    let mut total = seg;
+                    while k + run < n && item(k + run).1 == to {
+                        let len = self.iov[k + run].iov_len;
+                        if len == 0 || len > seg || total + len > MAX_BYTES {
+                            break;
+                        }
+                        total += len;
+                        run += 1;
+                        if len < seg {
+                            break; // a shorter datagram ends a run
+                        }
+                    }
+                }
+                let namelen = to_sockaddr(&to, &mut self.names[m]);
+                let h = &mut self.hdrs[m];
+                h.msg_len = 0;
+                h.msg_hdr.msg_name = (&mut self.names[m] as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = namelen;
+                h.msg_hdr.msg_iov = &mut self.iov[k];
+                h.msg_hdr.msg_iovlen = run as _;
+                h.msg_hdr.msg_flags = 0;
+                if run > 1 {
+                    h.msg_hdr.msg_control = self.ctrl[m].as_mut_ptr().cast();
+                    // SAFETY: CMSG_SPACE(2) = 24 bytes fit the 32-byte, 8-aligned control buffer; the
+                    // header is written through CMSG_FIRSTHDR of that buffer, the value through CMSG_DATA.
+                    unsafe {
+                        h.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                        let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                        (*c).cmsg_level = SOL_UDP;
+                        (*c).cmsg_type = UDP_SEGMENT;
+                        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
+                    }
+                } else {
+                    h.msg_hdr.msg_control = std::ptr::null_mut();
+                    h.msg_hdr.msg_controllen = 0;
+                }
+                self.count[m] = run;
+                m += 1;
+                k += run;
+            }
+            let mut done_hdrs = 0;
+            let mut done = 0;
+            while done_hdrs < m {
+                // SAFETY: headers done_hdrs..m point at live iovecs (over the caller's slices), names
+                // and control buffers owned by `self`.
+                let r = unsafe {
+                    libc::sendmmsg(
+                        fd,
+                        self.hdrs[done_hdrs..].as_mut_ptr(),
+                        (m - done_hdrs) as _,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if r <= 0 {
+                    let e = io::Error::last_os_error();
+                    if r == 0 || e.kind() == io::ErrorKind::WouldBlock {
+                        return Ok(done);
+                    }
+                    if self.count[done_hdrs] > 1 {
+                        // The kernel or the device cannot segment (EIO, EINVAL, ...): stop using GSO
+                        // and send the rest one datagram per header.
+                        ENABLED.store(false, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "UDP GSO send refused; sending datagrams one by one");
+                        let rest =
+                            send_slices(fd, n - done, |j| item(done + j), &mut self.fallback);
+                        return Ok(done + rest.unwrap_or(0));
+                    }
+                    return if done == 0 { Err(e) } else { Ok(done) };
+                }
+                for c in &self.count[done_hdrs..done_hdrs + r as usize] {
+                    if *c > 1 {
+                        self.sends += 1;
+                    }
+                    done += c;
+                }
+                done_hdrs += r as usize;
+            }
+            Ok(done)
         }
     }
 }

@@ -4,7 +4,8 @@
 //! to [`BATCH`] datagrams, the core is locked once for the whole batch (ChannelData and peer data are
 //! looked up and counted by the sans-IO core, so permissions, channel expiry, bandwidth caps and
 //! metrics behave exactly as for single packets), and the results leave with one `sendmmsg` per
-//! destination socket. A drained relay socket (fewer than `BATCH` datagrams read) clears its readiness
+//! destination socket (runs of equal-size datagrams for one destination as one GSO send, see
+//! `batch.rs`). A drained relay socket (fewer than `BATCH` datagrams read) clears its readiness
 //! without the extra `EAGAIN` read. Buffers are allocated once per task or per worker thread, never per
 //! packet.
 
