@@ -1,8 +1,10 @@
 // `auto` rooms (docs/protocol.md, "SFU rooms"): a room starts as a mesh and moves to the SFU when a join takes it
 // past `rooms.auto-threshold` (default 4). Three participants in a mesh, a fourth joins (still a mesh), a fifth
-// joins: the first four get `room_mode` `sfu`, close their mesh peer connections and connect to the SFU without
-// leaving (no `participant_left` anywhere), media from everyone resumes (goal: within 2 s; the
-// times are printed), and everyone decodes everyone.
+// joins: the first four get `room_mode` `sfu` and connect to the SFU without leaving (no `participant_left`
+// anywhere); each mesh connection keeps carrying media until the SFU delivers that participant (make before
+// break), so decoding never stops for more than 2 s across the switch (the longest gap per viewer is printed);
+// the SFU delivers everyone within a few seconds; afterwards no mesh connection is left and everyone decodes
+// everyone.
 // Five pages in one browser, 160x120 cameras, driven through the SDK.
 //
 // Run: cargo build -p switchboard && node --test --test-concurrency=1 tests/sfu/auto.test.mjs
@@ -18,7 +20,53 @@ after(() => h.close());
 
 process.env.SWITCHBOARD_SFU_ENABLED = 'true';
 
-test('auto room: mesh up to four, the fifth moves everyone to the SFU without anyone leaving; media resumes within 5 s', { timeout: 240000 }, async () => {
+/**
+ * Samples, every 100 ms, the video frames a page decoded from each participant over any of its connections (mesh
+ * peers, draining mesh peers, the SFU link; a closed connection's last count is kept), until `stop()`.
+ */
+async function sampleFrames(page) {
+  await page.evaluate(() => {
+    const f = { last: {}, samples: [] };
+    window.__frames = f;
+    window.__frameSampler = setInterval(async () => {
+      const room = window.switchboardApp.room;
+      for (const [id, peer] of [...room.peers, ...(room._draining || [])]) {
+        const st = await peer.stats().catch(() => null);
+        if (st) f.last[`${id}|mesh`] = st.video.framesDecoded;
+      }
+      if (room.sfu) {
+        const all = await room.sfu.statsByParticipant().catch(() => ({}));
+        for (const [id, st] of Object.entries(all)) f.last[`${id}|sfu`] = st.video.framesDecoded;
+      }
+      const tot = {};
+      for (const [k, v] of Object.entries(f.last)) tot[k.split('|')[0]] = (tot[k.split('|')[0]] || 0) + v;
+      f.samples.push({ t: Date.now(), tot });
+    }, 100);
+  });
+  return async () => page.evaluate(() => {
+    clearInterval(window.__frameSampler);
+    return window.__frames.samples;
+  });
+}
+
+/** The longest time (ms) after `from` during which the frames decoded from `id` did not grow. */
+function longestGap(samples, id, from) {
+  let worst = 0;
+  let lastGrowth = null;
+  let prev = null;
+  for (const s of samples) {
+    const n = s.tot[id] ?? 0;
+    if (prev !== null && n > prev) {
+      if (lastGrowth !== null) worst = Math.max(worst, s.t - Math.max(lastGrowth, from));
+      lastGrowth = s.t;
+    }
+    prev = n;
+  }
+  if (lastGrowth !== null && samples.length) worst = Math.max(worst, samples.at(-1).t - Math.max(lastGrowth, from));
+  return worst;
+}
+
+test('auto room: mesh up to four, the fifth moves everyone to the SFU without anyone leaving; make before break: decoding never stops for 2 s', { timeout: 240000 }, async () => {
   process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'auto';
   const server = await h.startServer();
   const browser = await h.launchBrowser();
@@ -39,6 +87,7 @@ test('auto room: mesh up to four, the fifth moves everyone to the SFU without an
   }
 
   // The fifth: everyone moves to the SFU.
+  const stops = await Promise.all(ps.map((p) => sampleFrames(p.page)));
   const eve = await joinSdk(browser, server, room, 'Eve');
   ps.push(eve);
   const ids = ps.map((p) => p.id);
@@ -58,10 +107,25 @@ test('auto room: mesh up to four, the fifth moves everyone to the SFU without an
     assert.ok(sw && sw.id === 'sfu', `${p.name} got room_mode sfu`);
     resumed.push({ name: p.name, ms: t - sw.t });
   }));
-  console.log(`# media from all four others after room_mode: ${resumed.map((r) => `${r.name} ${r.ms} ms`).join(', ')}`);
-  // The goal is 2 s (printed above; on an idle 2-core machine it is met). Five Chromium pages renegotiating at
-  // once are CPU-bound, so on a shared CI machine the test bounds it at 5 s, and at 8 s when the machine is
-  // visibly overloaded (load average above twice the core count, e.g. parallel cargo builds).
+  console.log(`# SFU media from all four others after room_mode: ${resumed.map((r) => `${r.name} ${r.ms} ms`).join(', ')}`);
+  // Continuity across the switch: from room_mode until 3 s after the SFU delivered everyone. 2 s is the goal; when
+  // the machine is visibly overloaded (load average above twice the core count) a whole browser stalls now and
+  // then, every stream at once, so the bound is 4 s then (printed).
+  await new Promise((r) => setTimeout(r, 3000));
+  const overloaded = os.loadavg()[0] > 2 * os.cpus().length;
+  const maxGap = overloaded ? 4000 : 2000;
+  if (overloaded) console.log(`# machine loaded (load average ${os.loadavg()[0].toFixed(1)}): decoding-gap bound relaxed to ${maxGap} ms`);
+  const first4 = ps.slice(0, 4);
+  for (const [i, p] of first4.entries()) {
+    const samples = await stops[i]();
+    const sw = (await p.page.evaluate(() => window.switchboardApp.events)).find((e) => e.type === 'room_mode');
+    const gaps = first4.filter((o) => o !== p).map((o) => [o.name, longestGap(samples.filter((x) => x.t >= sw.t - 500), o.id, sw.t)]);
+    console.log(`# ${p.name}: longest decoding gap per participant across the switch: ${gaps.map(([n, g]) => `${n} ${g} ms`).join(', ')}`);
+    for (const [n, g] of gaps) assert.ok(g <= maxGap, `${p.name}: video from ${n} stopped decoding for ${g} ms across the switch (> ${maxGap} ms)`);
+  }
+  // The SFU's own delivery: five Chromium pages negotiating with it at once are CPU-bound, so on a shared CI
+  // machine this is bounded at 5 s, and at 8 s when the machine is visibly overloaded (load average above twice
+  // the core count, e.g. parallel cargo builds); the mesh carries the media meanwhile (checked above).
   const load = os.loadavg()[0];
   const cores = os.cpus().length;
   const bound = load > 2 * cores ? 8000 : 5000;
