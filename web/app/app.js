@@ -177,14 +177,8 @@ function wireRoom(room) {
     const kind = p.streamKind(stream.id) === 'screen' ? 'screen' : 'camera';
     const tile = ensureTile(p, kind, stream.id);
     const video = tile.querySelector('video');
-    const show = () => {
-      if (video.srcObject !== stream) video.srcObject = stream;
-      video.play().catch(() => {});
-    };
-    // A replacement (mesh → SFU) keeps the picture that plays until the new track has media.
-    const playing = video.srcObject && video.srcObject !== stream && video.srcObject.getVideoTracks().some((t) => t.readyState === 'live' && !t.muted);
-    if (playing && track.kind === 'video' && track.muted) track.addEventListener('unmute', show, { once: true });
-    else if (!playing || track.kind === 'video') show();
+    if (video.srcObject !== stream) video.srcObject = stream;
+    video.play().catch(() => {});
     updateTile(p);
   });
   room.on('track_removed', (p, track, stream) => {

@@ -91,8 +91,6 @@ const FILE_GOT_EVERY = 512 * 1024;
 const PING_INTERVAL_MS = 15000;
 const OFFER_WATCHDOG_MS = 8000;
 const DISCONNECTED_RESTART_MS = 3000;
-/** Moving a mesh to the SFU: a mesh connection is closed once the SFU delivers that participant, or after this. */
-const MESH_DRAIN_MAX_MS = 10000;
 
 function wsUrlFrom(url) {
   const base = typeof location !== 'undefined' ? location.href : 'http://127.0.0.1/';
@@ -1251,70 +1249,31 @@ export class Room extends Emitter {
   }
 
   /**
-   * Mesh → SFU (an `auto` room passed its threshold): publishes to the SFU and moves data there at once; each
-   * mesh peer connection keeps carrying media until the SFU delivers that participant (make before break), then
-   * closes and its tracks are removed (`track_removed`). Participants stay (no `participant_left`).
+   * Mesh → SFU (an `auto` room passed its threshold): closes every mesh peer connection and publishes to the
+   * SFU instead. Participants stay (no `participant_left`); their tracks are removed and come back through the SFU.
    */
   _moveToSfu() {
     if (this._left || this.sfu) return;
     this.roomInfo = { ...(this.roomInfo || {}), mode: 'sfu' };
-    // Make before break: the mesh connections keep carrying media (no data, and their signaling is ignored)
-    // until the SFU delivers each participant's media; then they close.
-    const draining = new Map(this.peers);
-    this.peers.clear();
+    for (const [id, peer] of [...this.peers]) {
+      peer.close();
+      this.peers.delete(id);
+      const p = this.participants.get(id);
+      if (!p) continue;
+      for (const stream of [...p.streams.values()]) {
+        for (const track of stream.getTracks()) {
+          if (!p.tracks.has(track)) continue;
+          p.tracks.delete(track);
+          this.emit('track_removed', p, track, stream);
+        }
+      }
+      p.tracks.clear();
+      p.streams.clear();
+    }
     this.sfu = new SfuPeer(this);
     this.sfu.attachLocal();
     this._resendTileWishes();
     this.emit('room_mode', 'sfu');
-    if (draining.size) this._drainMesh(draining);
-  }
-
-  /**
-   * Closes each of `peers` (mesh connections, by participant id) once the SFU link decodes what that participant
-   * sent over the mesh (video if it sent video, else audio; at once if it sent nothing), when it left, or after
-   * MESH_DRAIN_MAX_MS.
-   */
-  _drainMesh(peers) {
-    this._draining = peers;
-    const deadline = Date.now() + MESH_DRAIN_MAX_MS;
-    const tick = async () => {
-      this._drainTimer = null;
-      let viaSfu = {};
-      try {
-        if (this.sfu) viaSfu = await this.sfu.statsByParticipant();
-      } catch (_) {
-        /* closed meanwhile */
-      }
-      for (const [id, peer] of [...peers]) {
-        const meshKinds = new Set(peer.pc.getReceivers().filter((r) => r.track && r.track.readyState === 'live' && !r.track.muted).map((r) => r.track.kind));
-        const s = viaSfu[id];
-        const delivered = meshKinds.has('video') ? s?.video.framesDecoded > 0 : meshKinds.has('audio') ? s?.audio.totalSamplesReceived > 0 : true;
-        if (this._left || !this.sfu || !this.participants.has(id) || delivered || Date.now() > deadline) {
-          peers.delete(id);
-          this._retireMeshPeer(id, peer);
-        }
-      }
-      if (peers.size) this._drainTimer = setTimeout(tick, 200);
-    };
-    tick();
-  }
-
-  /** Closes a mesh connection that the SFU replaced and removes the tracks it received. */
-  _retireMeshPeer(id, peer) {
-    const tracks = peer.pc.getReceivers().map((r) => r.track).filter(Boolean);
-    peer.close();
-    const p = this.participants.get(id);
-    if (!p) return;
-    for (const [sid, stream] of [...p.streams]) {
-      for (const track of stream.getTracks()) {
-        if (!tracks.includes(track) || !p.tracks.has(track)) continue;
-        p.tracks.delete(track);
-        this.emit('track_removed', p, track, stream);
-      }
-      // Still the mesh's stream (the SFU brought none with its id): gone with the connection.
-      if (stream.getTracks().every((t) => tracks.includes(t))) p.streams.delete(sid);
-    }
-    for (const track of tracks) p.tracks.delete(track);
   }
 
   _addParticipant(info) {
@@ -1771,8 +1730,6 @@ export class Room extends Emitter {
       this.peers.get(id).close();
       this.peers.delete(id);
     }
-    clearTimeout(this._drainTimer);
-    for (const peer of this._draining?.values() || []) peer.close();
     if (this.sfu) {
       this.sfu.close();
       this.sfu = null;
