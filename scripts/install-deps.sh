@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs when it is missing: Debian packages (Chromium, coturn, nftables, ffmpeg),
+# Installs what the test suite needs when it is missing: Debian packages (Chromium, coturn, nftables, ffmpeg,
+# conntrack, curl, openssl),
 # the e2e tests' npm packages, and aiortc from PyPI. Safe to run again; does nothing when all is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ command -v turnutils_uclient >/dev/null || need_apt+=(coturn)
 command -v nft >/dev/null || need_apt+=(nftables)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
+command -v conntrack >/dev/null || need_apt+=(conntrack)   # netlab test 8 reads the NATs' flows
+command -v curl >/dev/null || need_apt+=(curl)             # netlab reads /metrics inside the lab
+command -v openssl >/dev/null || need_apt+=(openssl)       # netlab makes a TURN-over-TLS certificate
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"
   apt-get update -qq
