@@ -8,7 +8,8 @@
 //! which may be shorter. When the kernel refuses GSO (no checksum offload on the route, an old kernel), the
 //! batch falls back to one datagram per message for good.
 //!
-//! Receiving: `recvmmsg` into fixed slots.
+//! Receiving: `recvmmsg` into fixed slots (`udpio::RecvBatch`, shared with the TURN relay, as is the sockaddr
+//! conversion).
 //!
 //! All buffers are allocated when a batch is created; nothing is allocated per datagram. A full socket
 //! buffer (`EAGAIN`) drops what is left of the batch, as a router would: sends never block the engine.
@@ -190,7 +191,7 @@ impl SendBatch {
             // SAFETY: `start + len` is within `buf` (both were set when the bytes were appended).
             sys.iov[k].iov_base = unsafe { base.add(m.start) } as *mut libc::c_void;
             sys.iov[k].iov_len = m.len;
-            let namelen = to_sockaddr(&m.dest, &mut sys.names[k]);
+            let namelen = udpio::to_sockaddr(&m.dest, &mut sys.names[k]);
             let h = &mut sys.hdrs[k];
             h.msg_len = 0;
             h.msg_hdr.msg_name = (&mut sys.names[k] as *mut libc::sockaddr_storage).cast();
@@ -304,175 +305,28 @@ fn send_to(fd: RawFd, dest: SocketAddr, data: &[u8], stats: &mut SendStats) {
     }
 }
 
-/// Datagrams read in one `recvmmsg`.
-pub(crate) struct RecvBatch {
-    buf: Vec<u8>,
-    lens: [usize; RECV_BATCH],
-    from: [Option<SocketAddr>; RECV_BATCH],
-    #[cfg(target_os = "linux")]
-    sys: RecvSys,
-}
-
-#[cfg(target_os = "linux")]
-struct RecvSys {
-    names: Vec<libc::sockaddr_storage>,
-    iov: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-// SAFETY: as for `SendSys`: pointers into the owning batch, rewritten before every call.
-#[cfg(target_os = "linux")]
-unsafe impl Send for RecvSys {}
+/// Datagrams read in one `recvmmsg` (the system call and its buffers are `udpio`'s, shared with TURN).
+pub(crate) struct RecvBatch(udpio::RecvBatch<RECV_BATCH, RECV_SLOT>);
 
 impl RecvBatch {
     /// Buffers for [`RECV_BATCH`] datagrams of up to [`RECV_SLOT`] bytes.
     pub(crate) fn new() -> RecvBatch {
-        RecvBatch {
-            buf: vec![0u8; RECV_BATCH * RECV_SLOT],
-            lens: [0; RECV_BATCH],
-            from: [None; RECV_BATCH],
-            #[cfg(target_os = "linux")]
-            sys: RecvSys {
-                // SAFETY: all-zero bytes are valid values of these plain C structs.
-                names: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
-                iov: vec![
-                    libc::iovec {
-                        iov_base: std::ptr::null_mut(),
-                        iov_len: 0
-                    };
-                    RECV_BATCH
-                ],
-                hdrs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
-            },
-        }
+        RecvBatch(udpio::RecvBatch::new())
     }
 
     /// Reads what is waiting (without blocking): the number of datagrams, `WouldBlock` when there is none.
-    #[cfg(target_os = "linux")]
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        let base = self.buf.as_mut_ptr();
-        for k in 0..RECV_BATCH {
-            let sys = &mut self.sys;
-            // SAFETY: slot k lies within `buf` (RECV_BATCH slots of RECV_SLOT bytes).
-            sys.iov[k].iov_base = unsafe { base.add(k * RECV_SLOT) }.cast();
-            sys.iov[k].iov_len = RECV_SLOT;
-            let h = &mut sys.hdrs[k];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut sys.names[k] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            h.msg_hdr.msg_iov = &mut sys.iov[k];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-        }
-        // SAFETY: every header points at a live slot and name of `self`.
-        let r = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.sys.hdrs.as_mut_ptr(),
-                RECV_BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = r as usize;
-        for k in 0..n {
-            let h = &self.sys.hdrs[k];
-            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.lens[k] = if truncated {
-                0
-            } else {
-                (h.msg_len as usize).min(RECV_SLOT)
-            };
-            self.from[k] = from_sockaddr(&self.sys.names[k]);
-        }
-        Ok(n)
+        self.0.recv(fd)
     }
 
-    /// Reads what is waiting (without blocking): the number of datagrams, `WouldBlock` when there is none.
-    #[cfg(not(target_os = "linux"))]
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        use std::os::fd::BorrowedFd;
-        // SAFETY: the engine owns the socket; the borrow ends with this call.
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let sock = socket2::SockRef::from(&fd);
-        let mut n = 0;
-        while n < RECV_BATCH {
-            let slot = &mut self.buf[n * RECV_SLOT..(n + 1) * RECV_SLOT];
-            // SAFETY: u8 and MaybeUninit<u8> have the same layout; the slot is initialized.
-            let uninit = unsafe { &mut *(slot as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-            match sock.recv_from(uninit) {
-                Ok((len, from)) => {
-                    self.lens[n] = len;
-                    self.from[n] = from.as_socket();
-                    n += 1;
-                }
-                Err(e) if n == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(n)
-    }
-
-    /// Datagram `k` of the last read and its source (`None` for a truncated or unaddressed one).
+    /// Datagram `k` of the last read and its source (`None` for a truncated, empty or unaddressed one).
     pub(crate) fn get(&self, k: usize) -> Option<(&[u8], SocketAddr)> {
-        let from = (*self.from.get(k)?)?;
-        let len = self.lens[k];
-        (len > 0).then(|| (&self.buf[k * RECV_SLOT..k * RECV_SLOT + len], from))
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn to_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in.
-            let sin =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+        if k >= RECV_BATCH || self.0.truncated(k) {
+            return None;
         }
-        SocketAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is larger than and as aligned as sockaddr_in6.
-            let sin6 =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-            sin6.sin6_scope_id = a.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(s.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the kernel wrote a sockaddr_in.
-            let sin = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the kernel wrote a sockaddr_in6.
-            let sin6 =
-                unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                sin6.sin6_addr.s6_addr.into(),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
+        let (data, from) = self.0.get(k);
+        let from = from?;
+        (!data.is_empty()).then_some((data, from))
     }
 }
 
@@ -574,22 +428,21 @@ mod tests {
         assert_eq!(batch.stats().calls, 2);
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
-    fn recv_batch_reads_several_datagrams_with_their_sources() {
+    fn recv_batch_skips_truncated_datagrams() {
         let (a, b) = pair();
         let to_b = b.local_addr().unwrap();
-        for k in 0..5u8 {
-            a.send_to(&frame(k, 200 + k as usize), to_b).unwrap();
-        }
+        a.send_to(&frame(1, RECV_SLOT + 1), to_b).unwrap();
+        a.send_to(&frame(2, 300), to_b).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let mut r = RecvBatch::new();
-        let n = r.recv(b.as_raw_fd()).expect("datagrams waiting");
-        assert_eq!(n, 5);
-        for k in 0..5 {
-            let (d, from) = r.get(k).expect("datagram");
-            assert_eq!(d, frame(k as u8, 200 + k).as_slice());
-            assert_eq!(from, a.local_addr().unwrap());
-        }
+        assert_eq!(r.recv(b.as_raw_fd()).expect("datagrams waiting"), 2);
+        assert_eq!(r.get(0), None, "longer than a slot: dropped");
+        let (d, from) = r.get(1).expect("datagram");
+        assert_eq!(d, frame(2, 300).as_slice());
+        assert_eq!(from, a.local_addr().unwrap());
+        assert_eq!(r.get(RECV_BATCH), None);
         b.set_nonblocking(true).unwrap();
         let e = r.recv(b.as_raw_fd()).expect_err("nothing waiting");
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
