@@ -148,7 +148,18 @@ run_load() { # $1 target, $2 publishers, $3 subscribers
   local out
   if out=$(RUST_LOG=warn timeout 300 ip netns exec "$NS" "$BIN" bench sfu "${args[@]}" --publishers "$p" \
       --subscribers "$n" --duration "$DURATION" --bitrate "$BITRATE" --server-pid "$SERVER_PID" 2>"$WORK/bench.err"); then
-    echo "$out" | jq -c --arg load "${p}x${n}" --arg target "$target" '. + {load: $load, target: $target}' | tee -a "$RESULTS" >&2
+    # Switchboard's own forwarding delay (kernel receive of a datagram → what it caused handed back to the kernel),
+    # from its /metrics summary: the server's added latency without the load generator's.
+    local q50=null q99=null
+    if [[ $target != janus ]]; then
+      local m
+      m=$(in_ns curl -s --max-time 3 http://127.0.0.1:18080/metrics || true)
+      q50=$(awk '/^sfu_forward_delay_seconds\{quantile="0.5"\}/ {print $2 * 1000}' <<<"$m" | head -1)
+      q99=$(awk '/^sfu_forward_delay_seconds\{quantile="0.99"\}/ {print $2 * 1000}' <<<"$m" | head -1)
+      q50=${q50:-null}; q99=${q99:-null}
+    fi
+    echo "$out" | jq -c --arg load "${p}x${n}" --arg target "$target" --argjson q50 "$q50" --argjson q99 "$q99" \
+      '. + {load: $load, target: $target, server_delay_p50_ms: $q50, server_delay_p99_ms: $q99}' | tee -a "$RESULTS" >&2
   else
     echo "{\"target\":\"$target\",\"load\":\"${p}x${n}\",\"error\":$(tail -3 "$WORK/bench.err" | jq -Rs .)}" | tee -a "$RESULTS" >&2
   fi
@@ -171,10 +182,11 @@ echo
 echo "SFU benchmark: $(nproc) cores, ${DURATION}s per run, ${BITRATE} bit/s per publisher, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
   def f(x; d): if x == null then "-" else (x * pow(10; d) | round / pow(10; d) | tostring) end;
-  (["load","server","recv","fwd pkt/s","frame loss %","server CPU %","srv runq wait %","pkts/CPU-s","p50 ms","p99 ms","RSS/sub KiB","gen CPU %"] | join(" | ")),
+  (["load","server","recv","fwd pkt/s","frame loss %","server CPU %","srv runq wait %","pkts/CPU-s","p50 ms","p99 ms","server delay p50/p99 ms","RSS/sub KiB","gen CPU %"] | join(" | ")),
   (.[] | if .error then [.load, .target, "ERROR: " + (.error | gsub("\n"; " "))] | join(" | ") else
     [.load, .target, "\(.connected)/\(.participants)", f(.forwarded_pps; 0), f(.frame_loss_pct; 2), f(.server_cpu_pct; 1), f(.server_runqueue_wait_pct; 1),
      f(.forwarded_pkts_per_cpu_s; 0), f(.latency_p50_ms; 2), f(.latency_p99_ms; 2),
+     "\(f(.server_delay_p50_ms; 3))/\(f(.server_delay_p99_ms; 3))",
      f((.rss_per_subscriber_bytes // null) | if . == null then null else . / 1024 end; 0), f(.generator_cpu_pct; 0)] | join(" | ") end),
   "",
   "ratios switchboard/janus and switchboard/baseline (pkts per server CPU-second; p99 latency):",

@@ -803,6 +803,11 @@ impl Engine {
         };
         let socket = self.socket.clone();
         let mut batch = RecvBatch::new();
+        // Kernel receive times: the forwarding delay (`sfu_forward_delay_seconds`) runs from the oldest datagram
+        // of a wake-up reaching the socket to everything it caused being handed back to the kernel.
+        if let Err(e) = udpio::enable_rx_timestamps(self.fd) {
+            debug!("no receive timestamps on the SFU socket: {e}");
+        }
         let mut tcp_rx = self.tcp_rx.take();
         loop {
             let now = Instant::now();
@@ -832,6 +837,7 @@ impl Engine {
                 c = rx.recv() => Wake::Cmd(c),
                 _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
             };
+            let mut oldest: Option<std::time::SystemTime> = None;
             match wake {
                 Wake::Udp(Ok(())) => {
                     for _ in 0..RECV_CALLS {
@@ -848,6 +854,9 @@ impl Engine {
                         };
                         let now = Instant::now();
                         for k in 0..n {
+                            if let Some(at) = batch.received_at(k) {
+                                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                            }
                             if let Some((data, src)) = batch.get(k) {
                                 self.on_datagram(data, src, now);
                                 self.drain();
@@ -874,6 +883,9 @@ impl Engine {
             self.on_timers(Instant::now());
             self.drain();
             self.out.flush(self.fd);
+            if let Some(delay) = oldest.and_then(|t| t.elapsed().ok()) {
+                metrics::histogram!("sfu_forward_delay_seconds").record(delay.as_secs_f64());
+            }
         }
     }
 

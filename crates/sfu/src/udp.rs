@@ -328,6 +328,11 @@ impl RecvBatch {
         let from = from?;
         (!data.is_empty()).then_some((data, from))
     }
+
+    /// When the kernel received datagram `k` (with receive timestamps on, see [`udpio::enable_rx_timestamps`]).
+    pub(crate) fn received_at(&self, k: usize) -> Option<std::time::SystemTime> {
+        (k < RECV_BATCH).then(|| self.0.received_at(k)).flatten()
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 #[cfg(target_os = "linux")]
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Writes `addr` into `out`; returns the length of the address written (for `msg_namelen`).
 #[cfg(target_os = "linux")]
@@ -75,12 +76,46 @@ pub fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// System-call scratch for `N` messages: one iovec, header and address each.
+/// System-call scratch for `N` messages: one iovec, header, address and control buffer each.
 #[cfg(target_os = "linux")]
 struct Sys<const N: usize> {
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     names: Vec<libc::sockaddr_storage>,
+    /// Ancillary data (the kernel's receive timestamp, when enabled); u64 for cmsg alignment.
+    ctrl: Vec<[u64; CTRL_WORDS]>,
+}
+
+/// Control buffer per message: room for one `SCM_TIMESTAMPNS` (a `timespec`) with its header.
+#[cfg(target_os = "linux")]
+const CTRL_WORDS: usize = 8;
+
+/// Asks the kernel to stamp every datagram received on `fd` with its arrival time (`SO_TIMESTAMPNS`),
+/// which [`RecvBatch::received_at`] then reports.
+#[cfg(target_os = "linux")]
+pub fn enable_rx_timestamps(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain int option on a socket descriptor the caller owns.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Receive timestamps are a Linux feature here; elsewhere this does nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn enable_rx_timestamps(_fd: RawFd) -> io::Result<()> {
+    Ok(())
 }
 
 // SAFETY: the raw pointers in `Sys` are scratch, rewritten before every system call and never
@@ -97,9 +132,28 @@ impl<const N: usize> Sys<N> {
                 iov: vec![std::mem::zeroed(); N],
                 hdrs: vec![std::mem::zeroed(); N],
                 names: vec![std::mem::zeroed(); N],
+                ctrl: vec![[0u64; CTRL_WORDS]; N],
             }
         }
     }
+}
+
+/// The `SCM_TIMESTAMPNS` receive time in a received message's control data, if any.
+#[cfg(target_os = "linux")]
+fn rx_timestamp(hdr: &libc::msghdr) -> Option<Duration> {
+    // SAFETY: `hdr` was filled by recvmmsg: msg_control/msg_controllen describe the ancillary data the kernel
+    // wrote into our control buffer; CMSG_FIRSTHDR/CMSG_NXTHDR stay within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                return Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
 }
 
 /// Up to `N` received datagrams of up to `SLOT` bytes each, with their source addresses.
@@ -111,6 +165,8 @@ pub struct RecvBatch<const N: usize, const SLOT: usize> {
     lens: [usize; N],
     from: [Option<SocketAddr>; N],
     truncated: [bool; N],
+    /// Kernel receive time (since the Unix epoch), when [`enable_rx_timestamps`] is on.
+    stamps: [Option<Duration>; N],
     #[cfg(target_os = "linux")]
     sys: Sys<N>,
 }
@@ -134,6 +190,7 @@ impl<const N: usize, const SLOT: usize> RecvBatch<N, SLOT> {
             lens: [0; N],
             from: [None; N],
             truncated: [false; N],
+            stamps: [None; N],
             #[cfg(target_os = "linux")]
             sys: Sys::new(),
         }
@@ -154,8 +211,8 @@ impl<const N: usize, const SLOT: usize> RecvBatch<N, SLOT> {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
             h.msg_hdr.msg_iov = &mut self.sys.iov[k];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_control = self.sys.ctrl[k].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; CTRL_WORDS]>() as _;
             h.msg_hdr.msg_flags = 0;
         }
         // SAFETY: every header points at a live slot, iovec and name owned by `self`; no timeout.
@@ -177,6 +234,7 @@ impl<const N: usize, const SLOT: usize> RecvBatch<N, SLOT> {
             self.lens[k] = (h.msg_len as usize).min(SLOT);
             self.truncated[k] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.from[k] = from_sockaddr(&self.sys.names[k]);
+            self.stamps[k] = rx_timestamp(&h.msg_hdr);
         }
         Ok(n)
     }
@@ -195,6 +253,7 @@ impl<const N: usize, const SLOT: usize> RecvBatch<N, SLOT> {
                     self.lens[n] = len;
                     self.from[n] = Some(from);
                     self.truncated[n] = false;
+                    self.stamps[n] = None;
                     n += 1;
                 }
                 Err(e) if n == 0 => return Err(e),
@@ -208,6 +267,12 @@ impl<const N: usize, const SLOT: usize> RecvBatch<N, SLOT> {
     /// address family other than IPv4/IPv6). Panics if `k >= N`.
     pub fn get(&self, k: usize) -> (&[u8], Option<SocketAddr>) {
         (&self.buf[k * SLOT..k * SLOT + self.lens[k]], self.from[k])
+    }
+
+    /// When the kernel received datagram `k` of the last [`RecvBatch::recv`] (needs
+    /// [`enable_rx_timestamps`] on the socket; `None` otherwise). Panics if `k >= N`.
+    pub fn received_at(&self, k: usize) -> Option<SystemTime> {
+        self.stamps[k].map(|d| UNIX_EPOCH + d)
     }
 
     /// Whether datagram `k` of the last [`RecvBatch::recv`] was longer than `SLOT` bytes and cut short.
@@ -353,6 +418,28 @@ mod tests {
         b.set_nonblocking(true).unwrap();
         let e = r.recv(b.as_raw_fd()).expect_err("nothing waiting");
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn receive_timestamps_are_reported_only_when_enabled_and_fall_between_send_and_receive() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stamped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_rx_timestamps(stamped.as_raw_fd()).expect("SO_TIMESTAMPNS");
+        let before = SystemTime::now();
+        a.send_to(b"x", plain.local_addr().unwrap()).unwrap();
+        a.send_to(b"y", stamped.local_addr().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut r = RecvBatch::<4, 64>::new();
+        assert_eq!(r.recv(plain.as_raw_fd()).expect("datagram"), 1);
+        assert_eq!(r.received_at(0), None, "no timestamp unless enabled");
+        assert_eq!(r.recv(stamped.as_raw_fd()).expect("datagram"), 1);
+        let at = r.received_at(0).expect("a kernel receive timestamp");
+        let after = SystemTime::now();
+        assert!(
+            at >= before && at <= after,
+            "{at:?} not within the send/receive window"
+        );
     }
 
     #[test]
