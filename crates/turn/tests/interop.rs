@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 mod common;
-use common::{assert_clean, have, uclient};
+use common::{assert_clean, have, uclient_pairs};
 use tokio::process::Command;
 use turn::client::TurnClient;
 use turn::{rest_credentials, TurnConfig, TurnServer};
@@ -32,23 +32,14 @@ async fn uclient_udp_static_user() {
     }
     let s = TurnServer::start(config()).await.expect("start");
     let port = s.udp_addrs()[0].port().to_string();
-    let r = uclient(&[
-        "-y",
-        "-c",
-        "-n",
-        "100",
-        "-m",
-        "5",
-        "-l",
-        "120",
-        "-p",
+    let r = uclient_pairs(
         &port,
-        "-u",
-        "alice",
-        "-w",
-        "secret",
-        "127.0.0.1",
-    ])
+        5,
+        100,
+        120,
+        &["-c"],
+        &["-u", "alice", "-w", "secret"],
+    )
     .await;
     println!("{}", r.output);
     assert_clean(&r, 500);
@@ -62,24 +53,14 @@ async fn uclient_tcp_static_user() {
     }
     let s = TurnServer::start(config()).await.expect("start");
     let port = s.tcp_addrs()[0].port().to_string();
-    let r = uclient(&[
-        "-t",
-        "-y",
-        "-c",
-        "-n",
-        "100",
-        "-m",
-        "5",
-        "-l",
-        "120",
-        "-p",
+    let r = uclient_pairs(
         &port,
-        "-u",
-        "alice",
-        "-w",
-        "secret",
-        "127.0.0.1",
-    ])
+        5,
+        100,
+        120,
+        &["-t", "-c"],
+        &["-u", "alice", "-w", "secret"],
+    )
     .await;
     assert_clean(&r, 500);
     s.shutdown().await;
@@ -93,24 +74,14 @@ async fn uclient_udp_rest_secret_and_send_indications() {
     let s = TurnServer::start(config()).await.expect("start");
     let port = s.udp_addrs()[0].port().to_string();
     // -W: REST credentials minted by uclient from the shared secret; -s: Send/Data indications.
-    let r = uclient(&[
-        "-y",
-        "-c",
-        "-s",
-        "-n",
-        "50",
-        "-m",
-        "2",
-        "-l",
-        "200",
-        "-p",
+    let r = uclient_pairs(
         &port,
-        "-u",
-        "carol",
-        "-W",
-        "restsecret",
-        "127.0.0.1",
-    ])
+        2,
+        50,
+        200,
+        &["-c", "-s"],
+        &["-u", "carol", "-W", "restsecret"],
+    )
     .await;
     assert_clean(&r, 100);
     s.shutdown().await;
@@ -123,21 +94,14 @@ async fn uclient_wrong_secret_is_refused() {
     }
     let s = TurnServer::start(config()).await.expect("start");
     let port = s.udp_addrs()[0].port().to_string();
-    let r = uclient(&[
-        "-y",
-        "-c",
-        "-n",
-        "10",
-        "-m",
-        "1",
-        "-p",
+    let r = uclient_pairs(
         &port,
-        "-u",
-        "carol",
-        "-W",
-        "not-the-secret",
-        "127.0.0.1",
-    ])
+        1,
+        10,
+        100,
+        &["-c"],
+        &["-u", "carol", "-W", "not-the-secret"],
+    )
     .await;
     assert_eq!(r.received, 0, "{}", r.output);
     assert_eq!(s.allocation_count(), 0);
@@ -313,23 +277,7 @@ async fn uclient_udp_with_rtcp_pairs_uses_even_port_reservations() {
     let s = TurnServer::start(config()).await.expect("start");
     let port = s.udp_addrs()[0].port().to_string();
     // Without -c uclient allocates RTP/RTCP relay pairs (EVEN-PORT R=1, then RESERVATION-TOKEN).
-    let r = uclient(&[
-        "-y",
-        "-n",
-        "30",
-        "-m",
-        "2",
-        "-l",
-        "100",
-        "-p",
-        &port,
-        "-u",
-        "alice",
-        "-w",
-        "secret",
-        "127.0.0.1",
-    ])
-    .await;
+    let r = uclient_pairs(&port, 2, 30, 100, &[], &["-u", "alice", "-w", "secret"]).await;
     assert_clean(&r, 60);
     s.shutdown().await;
 }

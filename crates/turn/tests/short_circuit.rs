@@ -13,7 +13,7 @@ use turn::client::TurnClient;
 use turn::{TurnConfig, TurnServer};
 
 mod common;
-use common::{assert_clean, have, uclient};
+use common::{assert_clean, have, uclient_pairs};
 
 /// Counters by name (labels ignored), installed as the global recorder of this test binary.
 #[derive(Default)]
@@ -161,23 +161,14 @@ async fn uclient_pairs_on_one_server_lose_nothing_with_short_circuit_on_and_off(
         let port = s.udp_addrs()[0].port().to_string();
         let before = counts.get(SHORT_CIRCUITED);
         // -y: client-to-client, each client's peer is another client's relayed address on this server.
-        let r = uclient(&[
-            "-y",
-            "-c",
-            "-n",
-            "100",
-            "-m",
-            "10",
-            "-l",
-            "120",
-            "-p",
+        let r = uclient_pairs(
             &port,
-            "-u",
-            "alice",
-            "-w",
-            "secret",
-            "127.0.0.1",
-        ])
+            10,
+            100,
+            120,
+            &["-c"],
+            &["-u", "alice", "-w", "secret"],
+        )
         .await;
         assert_clean(&r, 1000);
         let short_circuited = counts.get(SHORT_CIRCUITED) - before;

@@ -1,7 +1,7 @@
 //! TURN over TLS: rcgen self-signed certificate, driven by `turnutils_uclient -S`.
 
 mod common;
-use common::{assert_clean, have, uclient};
+use common::{assert_clean, have, uclient_pairs};
 use turn::{TurnConfig, TurnServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,25 +34,14 @@ async fn uclient_over_tls() {
     let s = TurnServer::start(cfg).await.expect("start");
     assert_eq!(s.tls_addrs().len(), 1);
     let port = s.tls_addrs()[0].port().to_string();
-    let r = uclient(&[
-        "-S",
-        "-t",
-        "-y",
-        "-c",
-        "-n",
-        "50",
-        "-m",
-        "2",
-        "-l",
-        "100",
-        "-p",
+    let r = uclient_pairs(
         &port,
-        "-u",
-        "alice",
-        "-w",
-        "secret",
-        "127.0.0.1",
-    ])
+        2,
+        50,
+        100,
+        &["-S", "-t", "-c"],
+        &["-u", "alice", "-w", "secret"],
+    )
     .await;
     assert_clean(&r, 100);
     s.shutdown().await;

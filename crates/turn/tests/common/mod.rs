@@ -78,6 +78,26 @@ pub async fn uclient(args: &[&str]) -> Report {
     r
 }
 
+/// `turnutils_uclient` in paired mode (`-y`: every client relays to another client's relayed address on the
+/// same server) against 127.0.0.1:`port`: `clients` clients (`-m`) each sending `msgs` messages (`-n`) of `len`
+/// bytes (`-l`), with coturn's `flags` (`-c` no RTCP allocation, `-s` Send indications instead of channels, `-t`
+/// TCP, `-S` TLS) and `auth` (`["-u", user, "-w", password]`, or `-W` with a REST secret).
+pub async fn uclient_pairs(
+    port: &str,
+    clients: u32,
+    msgs: u32,
+    len: u32,
+    flags: &[&str],
+    auth: &[&str],
+) -> Report {
+    let (m, n, l) = (clients.to_string(), msgs.to_string(), len.to_string());
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["-y", "-n", &n, "-m", &m, "-l", &l, "-p", port]);
+    args.extend_from_slice(auth);
+    args.push("127.0.0.1");
+    uclient(&args).await
+}
+
 /// At least `expect_msgs` sent, all received, none lost.
 pub fn assert_clean(r: &Report, expect_msgs: u64) {
     assert!(r.sent >= expect_msgs, "too few sent: {r:?}\n{}", r.output);
