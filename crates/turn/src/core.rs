@@ -2358,41 +2358,34 @@ mod tests {
                 _ => None,
             }
         };
+        // A pair where a has channel 0x4000 to b's relayed address and b permits a's.
+        let bound = |transport: Transport, short_circuit: bool| {
+            let (mut core, t0) = self::core(50000, 50010);
+            core.cfg.relay_short_circuit = short_circuit;
+            let p = pair(&mut core, t0, transport);
+            assert_eq!(
+                channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
+                None
+            );
+            assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+            (core, t0, p)
+        };
         // Setting off: the same data leaves through a's relay socket to rb.
-        let (mut core, t0) = self::core(50000, 50010);
-        core.cfg.relay_short_circuit = false;
-        let p = pair(&mut core, t0, Transport::Udp);
-        assert_eq!(
-            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
-            None
-        );
-        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+        let (mut core, t0, p) = bound(Transport::Udp, false);
         assert_eq!(
             to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
             Some((p.ra.port(), p.rb))
         );
 
         // A TCP client's allocation is reached through the sockets (its stream writer is elsewhere).
-        let (mut core, t0) = self::core(50000, 50010);
-        let p = pair(&mut core, t0, Transport::Tcp);
-        assert_eq!(
-            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
-            None
-        );
-        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+        let (mut core, t0, p) = bound(Transport::Tcp, true);
         assert_eq!(
             to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
             Some((p.ra.port(), p.rb))
         );
 
         // Once b's allocation is deleted its address is no longer ours: a's data goes to the socket.
-        let (mut core, t0) = self::core(50000, 50010);
-        let p = pair(&mut core, t0, Transport::Udp);
-        assert_eq!(
-            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
-            None
-        );
-        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
+        let (mut core, t0, p) = bound(Transport::Udp, true);
         assert!(client_data(&mut core, t0, p.a, &channel_data(0x4000, b"x"), &mut out).is_some());
         let delete = request(Method::REFRESH, Some(&p.nonce), |w| {
             w.add_lifetime(0).expect("lt")
