@@ -2371,14 +2371,14 @@ mod tests {
             (core, t0, p)
         };
         // Setting off: the same data leaves through a's relay socket to rb.
-        let (mut core, t0, p) = bound(Transport::Udp, false);
+        let (mut core, _, p) = bound(Transport::Udp, false);
         assert_eq!(
             to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
             Some((p.ra.port(), p.rb))
         );
 
         // A TCP client's allocation is reached through the sockets (its stream writer is elsewhere).
-        let (mut core, t0, p) = bound(Transport::Tcp, true);
+        let (mut core, _, p) = bound(Transport::Tcp, true);
         assert_eq!(
             to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
             Some((p.ra.port(), p.rb))
