@@ -12,19 +12,11 @@ import hashlib
 import json
 import sys
 import time
-import urllib.request
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
-
-def http(method, url, token, body=None):
-    req = urllib.request.Request(url, data=body, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if body is not None:
-        req.add_header("Content-Type", "application/sdp")
-    with urllib.request.urlopen(req, timeout=10) as res:
-        return res.status, res.headers.get("Location"), res.read().decode()
+from aiortc_session import Session
 
 
 class Counts:
@@ -69,15 +61,9 @@ async def read_audio(track, counts):
 
 async def main(url, token, seconds):
     pc = RTCPeerConnection()
+    session = Session(pc)
     counts = Counts()
-    connected = asyncio.Event()
     readers = []
-
-    @pc.on("connectionstatechange")
-    def on_state():
-        print("state", pc.connectionState, flush=True)
-        if pc.connectionState == "connected":
-            connected.set()
 
     @pc.on("track")
     def on_track(track):
@@ -87,16 +73,7 @@ async def main(url, token, seconds):
 
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    loop = asyncio.get_running_loop()
-    status, location, answer = await loop.run_in_executor(
-        None, http, "POST", url, token, pc.localDescription.sdp.encode()
-    )
-    assert status == 201, status
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    print("viewing", location, flush=True)
-    await asyncio.wait_for(connected.wait(), 20)
-    print("connected", flush=True)
+    await session.start(url, token, "viewing")
     counts.window_start = time.monotonic()
     counts.window_end = counts.window_start + seconds
     await asyncio.sleep(seconds)
@@ -109,10 +86,7 @@ async def main(url, token, seconds):
         "audio_frames": counts.audio_frames,
     }
     print("result", json.dumps(result), flush=True)
-    base = url.split("/whep/")[0]
-    status, _, _ = await loop.run_in_executor(None, http, "DELETE", base + location, token)
-    print("deleted", status, flush=True)
-    await pc.close()
+    await session.end(url, token)
     for r in readers:
         r.cancel()
 

@@ -6,47 +6,20 @@ Prints "published <Location>" once the answer is applied, and "connected" when I
 """
 import asyncio
 import sys
-import urllib.request
 
-from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import AudioStreamTrack, RTCPeerConnection, VideoStreamTrack
 
-
-def http(method, url, token, body=None):
-    req = urllib.request.Request(url, data=body, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if body is not None:
-        req.add_header("Content-Type", "application/sdp")
-    with urllib.request.urlopen(req, timeout=10) as res:
-        return res.status, res.headers.get("Location"), res.read().decode()
+from aiortc_session import Session
 
 
 async def main(url, token, seconds):
     pc = RTCPeerConnection()
-    connected = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    def on_state():
-        print("state", pc.connectionState, flush=True)
-        if pc.connectionState == "connected":
-            connected.set()
-
+    session = Session(pc)
     pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
     pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    loop = asyncio.get_running_loop()
-    status, location, answer = await loop.run_in_executor(
-        None, http, "POST", url, token, pc.localDescription.sdp.encode()
-    )
-    assert status == 201, status
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    print("published", location, flush=True)
-    await asyncio.wait_for(connected.wait(), 20)
-    print("connected", flush=True)
+    await session.start(url, token, "published")
     await asyncio.sleep(seconds)
-    base = url.split("/whip/")[0]
-    status, _, _ = await loop.run_in_executor(None, http, "DELETE", base + location, token)
-    print("deleted", status, flush=True)
-    await pc.close()
+    await session.end(url, token)
 
 
 if __name__ == "__main__":
