@@ -2147,6 +2147,14 @@ mod tests {
         run(core, t0, f, &req, &mut Vec::new()).0
     }
 
+    /// [`pair`] with a's channel 0x4000 bound to b's relayed address and b's permission for a's.
+    fn bound_pair(core: &mut Core<u16>, t0: Instant, b_transport: Transport) -> Pair {
+        let p = pair(core, t0, b_transport);
+        assert_eq!(channel_bind(core, t0, p.a, &p.nonce, 0x4000, p.rb), None);
+        assert_eq!(create_permission(core, t0, p.b, &p.nonce, p.ra), None);
+        p
+    }
+
     fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         ChannelData::encode(&mut v, ch, payload, false).expect("encode");
@@ -2188,13 +2196,8 @@ mod tests {
         let counts = Counts::default();
         metrics::with_local_recorder(&counts, || {
             let (mut core, t0) = core(50000, 50010);
-            let p = pair(&mut core, t0, Transport::Udp);
+            let p = bound_pair(&mut core, t0, Transport::Udp);
             let mut out = Vec::new();
-            assert_eq!(
-                channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
-                None
-            );
-            assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
             // b has a permission but no channel for a's relayed address: a Data indication from ra.
             let got = client_data(
                 &mut core,
@@ -2296,13 +2299,8 @@ mod tests {
     fn short_circuit_charges_the_targets_bandwidth_cap() {
         let (mut core, t0) = core(50000, 50010);
         core.cfg.max_bps = 1000;
-        let p = pair(&mut core, t0, Transport::Udp);
+        let p = bound_pair(&mut core, t0, Transport::Udp);
         let mut out = Vec::new();
-        assert_eq!(
-            channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
-            None
-        );
-        assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
         // b's relay already took 800 of its 1000 bytes/s from an outside peer on the same IP.
         let outside = SocketAddr::new(p.ra.ip(), 9);
         assert!(core.handle_peer(t0, p.b_id, outside, &[0; 800], &mut out));
@@ -2358,34 +2356,26 @@ mod tests {
                 _ => None,
             }
         };
-        // A pair where a has channel 0x4000 to b's relayed address and b permits a's.
-        let bound = |transport: Transport, short_circuit: bool| {
-            let (mut core, t0) = self::core(50000, 50010);
-            core.cfg.relay_short_circuit = short_circuit;
-            let p = pair(&mut core, t0, transport);
-            assert_eq!(
-                channel_bind(&mut core, t0, p.a, &p.nonce, 0x4000, p.rb),
-                None
-            );
-            assert_eq!(create_permission(&mut core, t0, p.b, &p.nonce, p.ra), None);
-            (core, t0, p)
-        };
         // Setting off: the same data leaves through a's relay socket to rb.
-        let (mut core, _, p) = bound(Transport::Udp, false);
+        let (mut core, t0) = self::core(50000, 50010);
+        core.cfg.relay_short_circuit = false;
+        let p = bound_pair(&mut core, t0, Transport::Udp);
         assert_eq!(
             to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
             Some((p.ra.port(), p.rb))
         );
 
         // A TCP client's allocation is reached through the sockets (its stream writer is elsewhere).
-        let (mut core, _, p) = bound(Transport::Tcp, true);
+        let (mut core, t0) = self::core(50000, 50010);
+        let p = bound_pair(&mut core, t0, Transport::Tcp);
         assert_eq!(
             to_peer(&mut core, p.a, &channel_data(0x4000, b"x")),
             Some((p.ra.port(), p.rb))
         );
 
         // Once b's allocation is deleted its address is no longer ours: a's data goes to the socket.
-        let (mut core, t0, p) = bound(Transport::Udp, true);
+        let (mut core, t0) = self::core(50000, 50010);
+        let p = bound_pair(&mut core, t0, Transport::Udp);
         assert!(client_data(&mut core, t0, p.a, &channel_data(0x4000, b"x"), &mut out).is_some());
         let delete = request(Method::REFRESH, Some(&p.nonce), |w| {
             w.add_lifetime(0).expect("lt")
