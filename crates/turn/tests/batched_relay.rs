@@ -7,16 +7,13 @@ use std::time::Duration;
 use turn::client::TurnClient;
 use turn::{TurnConfig, TurnServer};
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_relayed_in_order_and_unpermitted_peer_dropped_within_batches() {
     let server = TurnServer::start(TurnConfig {
-        listening_ip: vec!["127.0.0.1".parse().expect("ip")],
-        listening_port: 0,
-        realm: "test".into(),
-        user: vec!["alice:secret".into()],
         allowed_peer_ip: vec!["127.0.0.0/8".into()],
-        relay_threads: 2,
-        ..TurnConfig::default()
+        ..common::loopback_config(2)
     })
     .await
     .expect("start");

@@ -9,16 +9,10 @@ use tokio::net::UdpSocket;
 use turn::client::{PasswordAlgorithm, TurnClient};
 use turn::{TurnConfig, TurnServer};
 
+mod common;
+
 fn config() -> TurnConfig {
-    TurnConfig {
-        listening_ip: vec!["127.0.0.1".parse().expect("ip")],
-        listening_port: 0,
-        realm: "test".into(),
-        user: vec!["alice:secret".into()],
-        allowed_peer_ip: vec!["127.0.0.1".into()],
-        relay_threads: 1,
-        ..TurnConfig::default()
-    }
+    common::loopback_config(1)
 }
 
 async fn start(c: TurnConfig) -> (TurnServer, SocketAddr) {

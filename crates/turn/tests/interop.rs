@@ -14,14 +14,8 @@ use turn::{rest_credentials, TurnConfig, TurnServer};
 
 fn config() -> TurnConfig {
     TurnConfig {
-        listening_ip: vec!["127.0.0.1".parse().expect("ip")],
-        listening_port: 0,
-        realm: "test".into(),
-        user: vec!["alice:secret".into()],
         static_auth_secret: Some("restsecret".into()),
-        allowed_peer_ip: vec!["127.0.0.1".into()],
-        relay_threads: 2,
-        ..TurnConfig::default()
+        ..common::loopback_config(2)
     }
 }
 

@@ -3,72 +3,23 @@
 //! coturn's `turnutils_uclient -y` (which pairs its clients on the same server) loses nothing in either
 //! mode. The server's `turn_short_circuit_packets_total` proves which path the data took.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use turn::client::TurnClient;
 use turn::{TurnConfig, TurnServer};
 
 mod common;
 use common::{assert_clean, have, uclient_pairs};
 
-/// Counters by name (labels ignored), installed as the global recorder of this test binary.
-#[derive(Default)]
-struct Counts(Mutex<HashMap<String, Arc<AtomicU64>>>);
-
-impl Counts {
-    fn slot(&self, key: &Key) -> Arc<AtomicU64> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(key.name().to_string()).or_default().clone()
-    }
-    fn get(&self, name: &str) -> u64 {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(name).map(|v| v.load(Ordering::Relaxed)).unwrap_or(0)
-    }
-}
-
-impl Recorder for &'static Counts {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(self.slot(key))
-    }
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
-
-static COUNTS: OnceLock<&'static Counts> = OnceLock::new();
 /// The tests of this file read one global counter: they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn counts() -> &'static Counts {
-    COUNTS.get_or_init(|| {
-        let c: &'static Counts = Box::leak(Box::default());
-        metrics::set_global_recorder(c).expect("no other recorder in this test binary");
-        c
-    })
-}
-
-const SHORT_CIRCUITED: &str = "turn_short_circuit_packets_total";
+const SHORT_CIRCUITED: &str = "turn_short_circuit_packets_total{}";
 
 fn config(short_circuit: bool) -> TurnConfig {
     TurnConfig {
-        listening_ip: vec!["127.0.0.1".parse().expect("ip")],
-        listening_port: 0,
-        realm: "test".into(),
-        user: vec!["alice:secret".into()],
-        allowed_peer_ip: vec!["127.0.0.1".into()],
-        relay_threads: 2,
         relay_short_circuit: short_circuit,
-        ..TurnConfig::default()
+        ..common::loopback_config(2)
     }
 }
 
@@ -104,7 +55,7 @@ struct SocketAddrs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_allocations_relay_to_each_other_with_short_circuit_on_and_off() {
     let _serial = SERIAL.lock().await;
-    let counts = counts();
+    let counts = common::recorder();
     for short_circuit in [true, false] {
         let s = TurnServer::start(config(short_circuit))
             .await
@@ -114,7 +65,7 @@ async fn two_allocations_relay_to_each_other_with_short_circuit_on_and_off() {
         let mut b = TurnClient::new(addr, "alice", "secret").await.expect("b");
         let ra = a.allocate().await.expect("alloc a");
         let rb = b.allocate().await.expect("alloc b");
-        let before = counts.get(SHORT_CIRCUITED);
+        let before = counts.counter(SHORT_CIRCUITED);
         let a_to_b = SocketAddrs { from: ra, to: rb };
         let b_to_a = SocketAddrs { from: rb, to: ra };
 
@@ -130,7 +81,7 @@ async fn two_allocations_relay_to_each_other_with_short_circuit_on_and_off() {
             burst(&mut a, &mut b, a_to_b, 64).await;
             burst(&mut b, &mut a, b_to_a, 64).await;
         }
-        let short_circuited = counts.get(SHORT_CIRCUITED) - before;
+        let short_circuited = counts.counter(SHORT_CIRCUITED) - before;
         if short_circuit {
             assert_eq!(
                 short_circuited,
@@ -153,13 +104,13 @@ async fn uclient_pairs_on_one_server_lose_nothing_with_short_circuit_on_and_off(
         return;
     }
     let _serial = SERIAL.lock().await;
-    let counts = counts();
+    let counts = common::recorder();
     for short_circuit in [true, false] {
         let s = TurnServer::start(config(short_circuit))
             .await
             .expect("start");
         let port = s.udp_addrs()[0].port().to_string();
-        let before = counts.get(SHORT_CIRCUITED);
+        let before = counts.counter(SHORT_CIRCUITED);
         // -y: client-to-client, each client's peer is another client's relayed address on this server.
         let r = uclient_pairs(
             &port,
@@ -171,7 +122,7 @@ async fn uclient_pairs_on_one_server_lose_nothing_with_short_circuit_on_and_off(
         )
         .await;
         assert_clean(&r, 1000);
-        let short_circuited = counts.get(SHORT_CIRCUITED) - before;
+        let short_circuited = counts.counter(SHORT_CIRCUITED) - before;
         if short_circuit {
             assert!(
                 short_circuited >= r.received,

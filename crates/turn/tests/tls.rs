@@ -20,16 +20,10 @@ async fn uclient_over_tls() {
     std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
 
     let cfg = TurnConfig {
-        listening_ip: vec!["127.0.0.1".parse().expect("ip")],
-        listening_port: 0,
         tls_listening_port: 0,
-        realm: "test".into(),
-        user: vec!["alice:secret".into()],
-        allowed_peer_ip: vec!["127.0.0.1".into()],
-        relay_threads: 1,
         cert: Some(cert.clone()),
         pkey: Some(key.clone()),
-        ..TurnConfig::default()
+        ..common::loopback_config(1)
     };
     let s = TurnServer::start(cfg).await.expect("start");
     assert_eq!(s.tls_addrs().len(), 1);

@@ -2,10 +2,88 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use tokio::process::Command;
+use turn::TurnConfig;
+
+/// A server on 127.0.0.1 (ports picked by the system) with realm `test`, user `alice:secret`, relaying to
+/// loopback peers, with `relay_threads` workers; tests change the rest with `TurnConfig { .., ..this }`.
+pub fn loopback_config(relay_threads: usize) -> TurnConfig {
+    TurnConfig {
+        listening_ip: vec!["127.0.0.1".parse().expect("ip")],
+        listening_port: 0,
+        realm: "test".into(),
+        user: vec!["alice:secret".into()],
+        allowed_peer_ip: vec!["127.0.0.1".into()],
+        relay_threads,
+        ..TurnConfig::default()
+    }
+}
+
+/// Counters and gauges by name and labels, read as `name{k=v,...}` (labels sorted; `name{}` without any).
+#[derive(Default)]
+pub struct TestRecorder {
+    values: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+fn key_string(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl TestRecorder {
+    fn slot(&self, key: &Key) -> Arc<AtomicU64> {
+        let mut m = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key_string(key)).or_default().clone()
+    }
+    /// A counter's value (0 if never registered).
+    pub fn counter(&self, k: &str) -> u64 {
+        let m = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(k).map(|v| v.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+    /// A gauge's value (-1 if never registered).
+    pub fn gauge(&self, k: &str) -> f64 {
+        let m = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(k)
+            .map(|v| f64::from_bits(v.load(Ordering::Relaxed)))
+            .unwrap_or(-1.0)
+    }
+}
+
+impl Recorder for &'static TestRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.slot(key))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(self.slot(key))
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+/// This test binary's global metrics recorder, installed on first use.
+pub fn recorder() -> &'static TestRecorder {
+    static RECORDER: OnceLock<&'static TestRecorder> = OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let r: &'static TestRecorder = Box::leak(Box::default());
+        metrics::set_global_recorder(r).expect("no other recorder in this test binary");
+        r
+    })
+}
 
 /// Whether coturn's `tool` is installed; without it the test fails unless SWITCHBOARD_SKIP_COTURN is set.
 pub fn have(tool: &str) -> bool {
