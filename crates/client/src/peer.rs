@@ -455,9 +455,8 @@ struct Peer {
     mids: Vec<(Mid, MediaKind)>,
     /// Video m-lines that got a keyframe (frames before it are not sent).
     video_started: Vec<Mid>,
-    /// The candidate pair last reported (from str0m's stats).
-    /// (local, remote, remote is a relayed candidate): a candidate signaled after the pair was selected can
-    /// reveal that the remote side is a relay.
+    /// The candidate pair last reported from str0m's stats: (local, remote, remote is a relayed candidate) —
+    /// a candidate signaled after the pair was selected can reveal that the remote side is a relay.
     path: Option<(SocketAddr, SocketAddr, bool)>,
     /// Addresses of the remote's relayed candidates (a pair to one of them goes through the remote's TURN).
     remote_relays: HashSet<SocketAddr>,
@@ -1758,14 +1757,13 @@ impl Peer {
 
     /// Remembers the relayed candidates of a remote description (to tell a pair through the remote's TURN).
     fn note_remote_relays(&mut self, sdp: &str) {
-        for line in sdp.lines() {
-            if let Some(c) = line.trim().strip_prefix("a=") {
-                if c.starts_with("candidate:") {
-                    if let Ok(cand) = Candidate::from_sdp_string(c) {
-                        self.note_remote_relay(&cand);
-                    }
-                }
-            }
+        let candidates = sdp
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("a="))
+            .filter(|a| a.starts_with("candidate:"))
+            .filter_map(|a| Candidate::from_sdp_string(a).ok());
+        for cand in candidates {
+            self.note_remote_relay(&cand);
         }
     }
 

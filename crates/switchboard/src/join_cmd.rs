@@ -2,8 +2,8 @@
 //!
 //! stdin lines are sent as chat to everyone; incoming chat is printed as `<name>: text` on stdout.
 //! A stdin line `/send PATH` sends that file to everyone connected (like `--send-file`).
-//! The path to each peer is printed when it changes: `* path to <name>: direct udp A -> B` or
-//! `* path to <name>: relayed (TURN over udp) ...`.
+//! The path to each peer is printed when it changes: `* path to <name>: direct udp A -> B`, or
+//! `* path to <name>: relayed (our TURN over udp|tcp|tls) ...` / `relayed (their TURN) ...`.
 //! `--send-file` sends a file once peers are connected and waits for their checksum confirmation;
 //! `--receive-dir` stores received files (after verifying their SHA-256).
 //! `--relay-only` connects through TURN only; `--ice-servers JSON` replaces the server's STUN/TURN list;
