@@ -65,10 +65,10 @@ function simulcastLayersFor(track) {
 /**
  * Puts `codec` ('vp8', 'h264', 'vp9', 'av1') first in the transceiver's codec preferences when the browser has
  * it (H.264: packetization-mode=1 and constrained baseline first, what every decoder takes); otherwise leaves the
- * browser's order. Returns the mime type preferred, or null.
+ * browser's order.
  */
 function preferVideoCodec(transceiver, codec) {
-  if (!codec || !transceiver?.setCodecPreferences) return null;
+  if (!codec || !transceiver?.setCodecPreferences) return;
   const want = `video/${codec}`.toLowerCase();
   const rank = (c) => (/packetization-mode=1/.test(c.sdpFmtpLine || '') ? 0 : 2) + (/profile-level-id=42e0/.test(c.sdpFmtpLine || '') ? 0 : 1);
   for (const caps of [RTCRtpSender.getCapabilities?.('video'), RTCRtpReceiver.getCapabilities?.('video')]) {
@@ -77,12 +77,11 @@ function preferVideoCodec(transceiver, codec) {
     if (!first.length) continue;
     try {
       transceiver.setCodecPreferences([...first, ...codecs.filter((c) => c.mimeType.toLowerCase() !== want)]);
-      return first[0].mimeType;
+      return;
     } catch (err) {
       console.debug('switchboard: codec preference refused', err.message);
     }
   }
-  return null;
 }
 /** SFU rooms: bytes a file sender may be ahead of its slowest receiver's `got` report. */
 const FILE_WINDOW = 4 * 1024 * 1024;

@@ -217,7 +217,8 @@ export class Lab {
           if (srv.log.length > 4000) srv.log.splice(0, 2000);
           const m = which === 'stdout' && line.match(/^listening (\S+) (\S+)/);
           if (m) srv.listening[m[1]] = m[2];
-          if (srv.listening.http && (!turn || srv.listening['turn-udp']) && (!turn || !env.SWITCHBOARD_TURN_CERT || srv.listening['turn-tls'])) resolve();
+          const turnUp = srv.listening['turn-udp'] && (!env.SWITCHBOARD_TURN_CERT || srv.listening['turn-tls']);
+          if (srv.listening.http && (!turn || turnUp)) resolve();
         }
       };
       proc.stdout.on('data', onData('stdout'));
