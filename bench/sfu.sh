@@ -64,6 +64,12 @@ stop_server() {
   fi
 }
 
+delay_ms() { # $1: a quantile, $2: a /metrics text -> sfu_forward_delay_seconds at that quantile in ms, or null
+  local v
+  v=$(awk -v key="sfu_forward_delay_seconds{quantile=\"$1\"}" '$1 == key {print $2 * 1000; exit}' <<<"$2")
+  echo "${v:-null}"
+}
+
 start_switchboard() { # $1: the binary
   # `ip netns exec` execs the command: $! is the server itself.
   env SWITCHBOARD_ROOMS_DEFAULT_MODE=sfu SWITCHBOARD_ROOMS_MAX_PARTICIPANTS=2000 RUST_LOG=warn $SFU_ENV \
@@ -154,9 +160,7 @@ run_load() { # $1 target, $2 publishers, $3 subscribers
     if [[ $target != janus ]]; then
       local m
       m=$(in_ns curl -s --max-time 3 http://127.0.0.1:18080/metrics || true)
-      q50=$(awk '/^sfu_forward_delay_seconds\{quantile="0.5"\}/ {print $2 * 1000}' <<<"$m" | head -1)
-      q99=$(awk '/^sfu_forward_delay_seconds\{quantile="0.99"\}/ {print $2 * 1000}' <<<"$m" | head -1)
-      q50=${q50:-null}; q99=${q99:-null}
+      q50=$(delay_ms 0.5 "$m"); q99=$(delay_ms 0.99 "$m")
     fi
     echo "$out" | jq -c --arg load "${p}x${n}" --arg target "$target" --argjson q50 "$q50" --argjson q99 "$q99" \
       '. + {load: $load, target: $target, server_delay_p50_ms: $q50, server_delay_p99_ms: $q99}' | tee -a "$RESULTS" >&2
