@@ -1,11 +1,15 @@
 //! The SFU engine: one task owning the media socket and every str0m `Rtc`.
 //!
 //! Flow: a datagram (or a command, or a timer) is fed to one client's `Rtc`; that client is then polled until
-//! `Timeout`; what it emits (new tracks, media frames, keyframe requests) is queued as [`Prop`]s and routed to
+//! `Timeout`; what it emits (new tracks, RTP packets, keyframe requests) is queued as [`Prop`]s and routed to
 //! the other clients of its room, which are in turn polled until `Timeout`. Nothing blocks: the datagrams of
 //! one wake-up are queued in a [`SendBatch`] and leave together in one `sendmmsg` (UDP GSO merges a
-//! subscriber's packets of one frame) at the end of the wake-up; a full socket buffer drops them, as a router
+//! subscriber's packets of equal size) at the end of the wake-up; a full socket buffer drops them, as a router
 //! would. Input is read with `recvmmsg`.
+//!
+//! Forwarding is per RTP packet (str0m's RTP mode): a packet leaves for every subscriber as soon as it
+//! arrives, without waiting for the rest of its frame; its payload is shared (`Arc<[u8]>`), each subscriber's
+//! copy gets its own header (sequence number and timestamp rewritten by [`LayerState`]) and SRTP.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -17,12 +21,14 @@ use signal::{MediaSignal, MediaSink};
 use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, TcpType};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::data::{self, DataOut, Sent};
-use crate::simulcast::{self, Admit, LayerState, Layers, LossEstimator};
+use crate::simulcast::{self, Admit, LayerState, Layers, LossEstimator, PacketPos};
 use crate::tcp::TcpEvent;
 use crate::udp::{RecvBatch, SendBatch};
 use std::os::fd::{AsRawFd, RawFd};
@@ -57,6 +63,11 @@ const SPEAKER_HYSTERESIS: f32 = 6.0;
 const MAX_SLEEP: Duration = Duration::from_millis(250);
 /// `recvmmsg` calls in one wake-up before timers run (each reads up to [`crate::udp::RECV_BATCH`]).
 const RECV_CALLS: usize = 4;
+/// While subscribers are polled, queued messages are sent as soon as this many are waiting: the first
+/// subscribers of a large fan-out do not wait for the last ones; small fan-outs share one `sendmmsg`.
+const FLUSH_AT: usize = 48;
+/// This many clients to poll at once are split between two threads (`sfu.parallel-fan-out`).
+const PARALLEL_AT: usize = 32;
 
 pub(crate) type ClientId = u64;
 
@@ -182,6 +193,8 @@ struct TrackOut {
     layers: LayerState,
     /// The subscriber asked not to receive this track for now (`subscribe` control message).
     paused: bool,
+    /// The last payload type mapping (publisher's → this subscriber's) for the same codec.
+    pt_map: Option<(Pt, Pt)>,
 }
 
 impl TrackOut {
@@ -210,16 +223,29 @@ impl Pref {
     }
 }
 
+/// One RTP packet of a published track, to forward.
+struct Fwd {
+    mid: Mid,
+    params: PayloadParams,
+    pos: PacketPos,
+    marker: bool,
+    /// Header extensions passed on (the rest are the subscriber connection's own).
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    video_orientation: Option<VideoOrientation>,
+    payload: Arc<[u8]>,
+}
+
 /// What one client's output means for the others.
-// Not boxed: a boxed `MediaData` would be one allocation per forwarded frame.
+// Not boxed: a boxed packet would be one allocation per forwarded packet.
 #[allow(clippy::large_enum_variant)]
 enum Prop {
     /// The client publishes a new track.
     TrackOpened(ClientId, Mid),
     /// A published track ended (m-line inactive, or the client left).
     TrackClosed(ClientId, Mid),
-    /// A media frame of a published track.
-    Media(ClientId, MediaData),
+    /// An RTP packet of a published track.
+    Media(ClientId, Fwd),
     /// A subscriber wants a keyframe of (publisher, mid, layer); no layer = every layer.
     Keyframe(ClientId, Mid, Option<Rid>, KeyframeRequestKind),
     /// A WHEP slot wants a source.
@@ -273,6 +299,8 @@ struct Client {
     bytes_out: u64,
     egress_loss: Option<f32>,
     queued: bool,
+    /// Packets were written to its `Rtc` since it was last polled (str0m sends them on a timeout input).
+    wrote: bool,
     /// Downlink adaptation on (`sfu.bandwidth-estimation`, subscribers only).
     adapt: bool,
     /// Loss-based estimate of the downlink, and the browser's REMB if it sends one.
@@ -449,6 +477,7 @@ impl Client {
                         state: OutState::Open(m.mid),
                         layers: LayerState::default(),
                         paused: false,
+                        pt_map: None,
                     });
                     props.push_back(Prop::WhepSlot(self.id));
                 }
@@ -472,26 +501,7 @@ impl Client {
                     }
                 }
             }
-            Event::MediaData(d) => {
-                if !d.contiguous {
-                    self.request_keyframe(d.mid, d.rid, KeyframeRequestKind::Pli, Instant::now());
-                }
-                let Some(t) = self.tracks_in.iter_mut().find(|t| t.mid == d.mid) else {
-                    return;
-                };
-                if let Some(rid) = d.rid {
-                    t.layers.seen(rid, d.network_time, d.data.len());
-                }
-                if let Some(l) = d.ext_vals.audio_level {
-                    let l = f32::from(l.max(-127));
-                    t.level = if l > t.level {
-                        l
-                    } else {
-                        t.level * 0.97 + l * 0.03
-                    };
-                }
-                props.push_back(Prop::Media(self.id, d));
-            }
+            Event::RtpPacket(p) => self.on_rtp(p, props),
             Event::KeyframeRequest(req) => {
                 metrics::counter!("sfu_keyframe_requests_in_total", "kind" => keyframe_label(req.kind))
                     .increment(1);
@@ -559,6 +569,60 @@ impl Client {
         }
     }
 
+    /// A packet of a track this client publishes: layer bitrates, audio level, then to the room.
+    fn on_rtp(&mut self, p: RtpPacket, props: &mut VecDeque<Prop>) {
+        let Some((mid, rid)) = self
+            .rtc
+            .direct_api()
+            .stream_rx(&p.header.ssrc)
+            .map(|rx| (rx.mid(), rx.rid()))
+        else {
+            return;
+        };
+        let Some(t) = self.tracks_in.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        let pt = p.header.payload_type;
+        let Some(params) = self.rtc.codec_config().find(|c| c.pt() == pt).copied() else {
+            trace!(participant = %self.participant, %pt, "RTP packet of an unknown payload type");
+            return;
+        };
+        let keyframe = t.kind == MediaKind::Video
+            && crate::keyframe::starts_keyframe(params.spec().codec, &p.payload);
+        if let Some(rid) = rid {
+            t.layers.seen(rid, p.timestamp, p.payload.len());
+        }
+        let ext = &p.header.ext_vals;
+        if let Some(l) = ext.audio_level {
+            let l = f32::from(l.max(-127));
+            t.level = if l > t.level {
+                l
+            } else {
+                t.level * 0.97 + l * 0.03
+            };
+        }
+        props.push_back(Prop::Media(
+            self.id,
+            Fwd {
+                mid,
+                params,
+                pos: PacketPos {
+                    rid,
+                    seq: *p.seq_no,
+                    time: p.header.timestamp,
+                    clock_rate: p.time.frequency().get(),
+                    arrival: p.timestamp,
+                    keyframe,
+                },
+                marker: p.header.marker,
+                audio_level: ext.audio_level,
+                voice_activity: ext.voice_activity,
+                video_orientation: ext.video_orientation,
+                payload: p.payload,
+            },
+        ));
+    }
+
     /// The downlink estimate in force changed: the engine re-caps this client's layers.
     fn update_estimate(&mut self, props: &mut VecDeque<Prop>) {
         let bwe = match (self.loss_bwe.estimate(), self.remb) {
@@ -615,7 +679,6 @@ impl Client {
             None => {}
         }
         let plain = rids[0].is_none();
-        let mut w = None;
         for r in rids
             .iter()
             .copied()
@@ -629,20 +692,77 @@ impl Client {
                 continue;
             }
             *last = Some(now);
-            if w.is_none() {
-                w = self.rtc.writer(mid);
-            }
-            let Some(w) = w.as_mut() else {
-                return;
-            };
-            match w.request_keyframe(r, kind) {
-                Ok(()) => metrics::counter!("sfu_keyframe_requests_out_total", "kind" => keyframe_label(kind))
-                    .increment(1),
-                Err(e) => {
-                    trace!(participant = %self.participant, %mid, "keyframe request not possible: {e}")
+            match self.rtc.direct_api().stream_rx_by_mid(mid, r) {
+                Some(rx) => {
+                    rx.request_keyframe(kind);
+                    metrics::counter!("sfu_keyframe_requests_out_total", "kind" => keyframe_label(kind))
+                        .increment(1);
+                }
+                None => {
+                    trace!(participant = %self.participant, %mid, rid = ?r, "keyframe request: no such stream yet")
                 }
             }
         }
+    }
+}
+
+/// Where a polled client's output goes.
+struct PollSink<'a> {
+    fd: RawFd,
+    out: &'a mut SendBatch,
+    tcp: &'a HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    props: &'a mut VecDeque<Prop>,
+    dead: &'a mut Vec<ClientId>,
+}
+
+/// Polls one client until `Timeout`: its datagrams to `sink.out` (sent as soon as [`FLUSH_AT`] messages
+/// wait), what it means for the others to `sink.props`.
+fn poll_client(c: &mut Client, now: Instant, sink: &mut PollSink) {
+    c.queued = false;
+    c.negotiate(now);
+    if std::mem::take(&mut c.wrote) {
+        // Forwarded packets wait in str0m's send queue until time moves.
+        if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+            warn!(participant = %c.participant, "SFU peer failed: {e}");
+            c.rtc.disconnect();
+        }
+    }
+    if c.data.queued() {
+        c.data.flush(&mut c.rtc);
+    }
+    loop {
+        if !c.rtc.is_alive() {
+            c.timeout = now;
+            sink.dead.push(c.id);
+            break;
+        }
+        match c.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                c.timeout = t;
+                break;
+            }
+            Ok(Output::Transmit(t)) => {
+                if t.proto == Protocol::Tcp {
+                    let sent = sink
+                        .tcp
+                        .get(&t.destination)
+                        .is_some_and(|out| out.try_send(t.contents.to_vec()).is_ok());
+                    if !sent {
+                        trace!(dest = %t.destination, "SFU TCP send dropped");
+                    }
+                } else {
+                    sink.out.push(sink.fd, t.destination, &t.contents);
+                }
+            }
+            Ok(Output::Event(ev)) => c.on_event(ev, sink.props),
+            Err(e) => {
+                warn!(participant = %c.participant, "SFU peer failed: {e}");
+                c.rtc.disconnect();
+            }
+        }
+    }
+    if sink.out.len() >= FLUSH_AT {
+        sink.out.flush(sink.fd);
     }
 }
 
@@ -686,8 +806,14 @@ pub(crate) struct Engine {
     socket: Arc<UdpSocket>,
     /// The media socket's descriptor (owned by `socket`) for batched sends.
     fd: RawFd,
-    /// Datagrams of the current wake-up, sent when it ends.
+    /// Datagrams of the current wake-up, sent when it ends (or when [`FLUSH_AT`] wait).
     out: SendBatch,
+    /// The second thread's batch, events and closed clients while polling in parallel.
+    out2: SendBatch,
+    props2: VecDeque<Prop>,
+    dead2: Vec<ClientId>,
+    /// `sfu.parallel-fan-out`, and more than one core.
+    parallel: bool,
     /// Destination of received datagrams, as str0m knows our candidates.
     destination: SocketAddr,
     candidates: Vec<Candidate>,
@@ -725,6 +851,12 @@ pub(crate) struct Engine {
     media_timeout: Duration,
     /// (track index, new cap) while re-capping one subscriber.
     caps: Vec<(usize, usize)>,
+    /// Kernel receive times of the received RTP packets whose forwarded copies are not all sent yet.
+    unsent_rx: Vec<std::time::SystemTime>,
+    /// Packet copies written to subscribers so far (tells which datagrams were forwarded).
+    forwarded: u64,
+    /// `sfu_forward_delay_seconds`.
+    forward_delay: metrics::Histogram,
 }
 
 impl Engine {
@@ -765,6 +897,11 @@ impl Engine {
         Ok(Engine {
             fd: socket.as_raw_fd(),
             out: SendBatch::new(config.udp_gso),
+            out2: SendBatch::new(config.udp_gso),
+            props2: VecDeque::new(),
+            dead2: Vec::new(),
+            parallel: config.parallel_fan_out
+                && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
             socket: Arc::new(socket),
             destination,
             candidates,
@@ -794,6 +931,9 @@ impl Engine {
             drop_silent_audio_above: config.drop_silent_audio_above,
             media_timeout: Duration::from_secs(config.media_timeout_secs),
             caps: Vec::new(),
+            unsent_rx: Vec::with_capacity(crate::udp::RECV_BATCH),
+            forwarded: 0,
+            forward_delay: metrics::histogram!("sfu_forward_delay_seconds"),
         })
     }
 
@@ -803,8 +943,8 @@ impl Engine {
         };
         let socket = self.socket.clone();
         let mut batch = RecvBatch::new();
-        // Kernel receive times: the forwarding delay (`sfu_forward_delay_seconds`) runs from the oldest datagram
-        // of a wake-up reaching the socket to everything it caused being handed back to the kernel.
+        // Kernel receive times: the forwarding delay (`sfu_forward_delay_seconds`) of an RTP packet runs from its
+        // reaching the socket to its last forwarded copy being handed back to the kernel.
         if let Err(e) = udpio::enable_rx_timestamps(self.fd) {
             debug!("no receive timestamps on the SFU socket: {e}");
         }
@@ -837,7 +977,6 @@ impl Engine {
                 c = rx.recv() => Wake::Cmd(c),
                 _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
             };
-            let mut oldest: Option<std::time::SystemTime> = None;
             match wake {
                 Wake::Udp(Ok(())) => {
                     for _ in 0..RECV_CALLS {
@@ -852,16 +991,31 @@ impl Engine {
                                 break;
                             }
                         };
+                        // Each datagram is handed to its client's `Rtc`, which is polled at once (it holds one
+                        // received RTP packet at a time); a packet to forward is only queued in each subscriber's
+                        // `Rtc` (cheap). Then every subscriber is polled once for the whole batch: a subscriber's
+                        // packets leave together (one GSO message), and a burst (a frame) reaches each subscriber
+                        // as early as one subscriber after another allows.
                         let now = Instant::now();
                         for k in 0..n {
-                            if let Some(at) = batch.received_at(k) {
-                                oldest = Some(oldest.map_or(at, |o| o.min(at)));
+                            let Some((data, src)) = batch.get(k) else {
+                                continue;
+                            };
+                            let before = self.forwarded;
+                            if let Some(id) = self.on_datagram(data, src, now) {
+                                self.poll(id);
                             }
-                            if let Some((data, src)) = batch.get(k) {
-                                self.on_datagram(data, src, now);
-                                self.drain();
+                            while let Some(p) = self.props.pop_front() {
+                                self.route(p);
+                            }
+                            if self.forwarded != before {
+                                if let Some(at) = batch.received_at(k) {
+                                    self.unsent_rx.push(at);
+                                }
                             }
                         }
+                        self.drain();
+                        self.flush();
                         if n < crate::udp::RECV_BATCH {
                             break;
                         }
@@ -882,9 +1036,20 @@ impl Engine {
             }
             self.on_timers(Instant::now());
             self.drain();
-            self.out.flush(self.fd);
-            if let Some(delay) = oldest.and_then(|t| t.elapsed().ok()) {
-                metrics::histogram!("sfu_forward_delay_seconds").record(delay.as_secs_f64());
+            self.flush();
+        }
+    }
+
+    /// Sends what is queued, and records the forwarding delay of the datagrams that caused it.
+    fn flush(&mut self) {
+        self.out.flush(self.fd);
+        if self.unsent_rx.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now();
+        for at in self.unsent_rx.drain(..) {
+            if let Ok(delay) = now.duration_since(at) {
+                self.forward_delay.record(delay.as_secs_f64());
             }
         }
     }
@@ -1005,8 +1170,9 @@ impl Engine {
         }
     }
 
-    fn on_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) {
-        self.on_packet(data, source, Protocol::Udp, self.destination, now);
+    /// Feeds a datagram to its client's `Rtc`; returns the client.
+    fn on_datagram(&mut self, data: &[u8], source: SocketAddr, now: Instant) -> Option<ClientId> {
+        self.on_packet(data, source, Protocol::Udp, self.destination, now)
     }
 
     fn on_packet(
@@ -1016,10 +1182,10 @@ impl Engine {
         proto: Protocol,
         destination: SocketAddr,
         now: Instant,
-    ) {
+    ) -> Option<ClientId> {
         let Ok(contents) = DatagramRecv::try_from(data) else {
             trace!(%source, "not a WebRTC datagram");
-            return;
+            return None;
         };
         let stun_ufrag = crate::stun::stun_local_ufrag(data);
         let known = match stun_ufrag {
@@ -1039,11 +1205,9 @@ impl Engine {
         // from unknown addresses are dropped without looking at every client.
         let Some(id) = known else {
             trace!(%source, "datagram for no client");
-            return;
+            return None;
         };
-        let Some(c) = self.clients.get_mut(&id) else {
-            return;
-        };
+        let c = self.clients.get_mut(&id)?;
         if stun_ufrag.is_some() && self.by_addr.get(&source) != Some(&id) && c.rtc.accepts(&input) {
             if let Some(old) = self.by_addr.insert(source, id) {
                 if let Some(o) = self.clients.get_mut(&old) {
@@ -1054,14 +1218,13 @@ impl Engine {
                 c.addrs.push(source);
             }
         }
-        let Some(c) = self.clients.get_mut(&id) else {
-            return;
-        };
+        let c = self.clients.get_mut(&id)?;
         if let Err(e) = c.rtc.handle_input(input) {
             warn!(participant = %c.participant, "SFU peer failed: {e}");
             c.rtc.disconnect();
         }
         self.mark(id);
+        Some(id)
     }
 
     /// Polls every marked client until `Timeout`, routing what they emit, until nothing is left.
@@ -1074,7 +1237,15 @@ impl Engine {
             if self.dirty.is_empty() {
                 break;
             }
+            if self.parallel && self.dirty.len() >= PARALLEL_AT {
+                self.poll_parallel();
+                continue;
+            }
             while let Some(id) = self.dirty.pop() {
+                // Polled already since it was marked (see `run`): nothing new.
+                if !self.clients.get(&id).is_some_and(|c| c.queued) {
+                    continue;
+                }
                 self.poll(id);
             }
         }
@@ -1087,46 +1258,57 @@ impl Engine {
     }
 
     fn poll(&mut self, id: ClientId) {
-        let now = Instant::now();
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
-        c.queued = false;
-        c.negotiate(now);
-        if c.data.queued() {
-            c.data.flush(&mut c.rtc);
-        }
-        loop {
-            if !c.rtc.is_alive() {
-                c.timeout = now;
-                self.dead.push(id);
-                return;
+        let mut sink = PollSink {
+            fd: self.fd,
+            out: &mut self.out,
+            tcp: &self.tcp_conns,
+            props: &mut self.props,
+            dead: &mut self.dead,
+        };
+        poll_client(c, Instant::now(), &mut sink);
+    }
+
+    /// Polls every marked client, half of them on a second thread: a large fan-out's SRTP and sends are
+    /// spread over two cores, so its last subscriber waits about half as long.
+    fn poll_parallel(&mut self) {
+        self.dirty.clear();
+        let now = Instant::now();
+        let mut marked: Vec<&mut Client> = self.clients.values_mut().filter(|c| c.queued).collect();
+        let half = marked.len() / 2;
+        let (theirs, ours) = marked.split_at_mut(half);
+        let fd = self.fd;
+        let tcp = &self.tcp_conns;
+        let mut other = PollSink {
+            fd,
+            out: &mut self.out2,
+            tcp,
+            props: &mut self.props2,
+            dead: &mut self.dead2,
+        };
+        let mut sink = PollSink {
+            fd,
+            out: &mut self.out,
+            tcp,
+            props: &mut self.props,
+            dead: &mut self.dead,
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for c in theirs.iter_mut() {
+                    poll_client(c, now, &mut other);
+                }
+                other.out.flush(fd);
+            });
+            for c in ours.iter_mut() {
+                poll_client(c, now, &mut sink);
             }
-            match c.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    c.timeout = t;
-                    return;
-                }
-                Ok(Output::Transmit(t)) => {
-                    if t.proto == Protocol::Tcp {
-                        let sent = self
-                            .tcp_conns
-                            .get(&t.destination)
-                            .is_some_and(|out| out.try_send(t.contents.to_vec()).is_ok());
-                        if !sent {
-                            trace!(dest = %t.destination, "SFU TCP send dropped");
-                        }
-                    } else {
-                        self.out.push(self.fd, t.destination, &t.contents);
-                    }
-                }
-                Ok(Output::Event(ev)) => c.on_event(ev, &mut self.props),
-                Err(e) => {
-                    warn!(participant = %c.participant, "SFU peer failed: {e}");
-                    c.rtc.disconnect();
-                }
-            }
-        }
+        });
+        self.props.append(&mut self.props2);
+        self.dead.append(&mut self.dead2);
+        metrics::counter!("sfu_parallel_polls_total").increment(1);
     }
 
     fn room_members(&mut self, room: &str) {
@@ -1158,19 +1340,18 @@ impl Engine {
         }
     }
 
-    /// The hot path: one frame from `from` to every subscriber of that track.
-    fn forward(&mut self, from: ClientId, data: &MediaData) {
+    /// The hot path: one RTP packet from `from` to every subscriber of that track.
+    fn forward(&mut self, from: ClientId, pkt: &Fwd) {
         let Some(pc) = self.clients.get(&from) else {
             return;
         };
         let room = &pc.room;
         // Simulcast: the layer for each wanted quality.
         let mut picks = [None; simulcast::RANKS];
-        if data.rid.is_some() {
-            if let Some(t) = pc.tracks_in.iter().find(|t| t.mid == data.mid) {
-                let now = Instant::now();
+        if pkt.pos.rid.is_some() {
+            if let Some(t) = pc.tracks_in.iter().find(|t| t.mid == pkt.mid) {
                 for (want, p) in picks.iter_mut().enumerate() {
-                    *p = t.layers.pick(want, now);
+                    *p = t.layers.pick(want, pkt.pos.arrival);
                 }
             }
         }
@@ -1182,7 +1363,7 @@ impl Engine {
         // Large rooms: silence is not worth sending to everyone (receivers conceal the gap, as with DTX).
         if self.drop_silent_audio_above > 0
             && self.scratch.len() > self.drop_silent_audio_above
-            && data.ext_vals.audio_level.is_some_and(|l| l <= SILENT_LEVEL)
+            && pkt.audio_level.is_some_and(|l| l <= SILENT_LEVEL)
         {
             metrics::counter!("sfu_silent_audio_dropped_total").increment(1);
             return;
@@ -1200,15 +1381,15 @@ impl Engine {
             }
             let mut wrote = false;
             for t in &mut s.tracks_out {
-                if t.src != Some((from, data.mid)) || t.paused {
+                if t.src != Some((from, pkt.mid)) || t.paused {
                     continue;
                 }
                 let Some(mid) = t.open_mid() else {
                     continue;
                 };
                 let target = picks[t.layers.target().min(simulcast::RANKS - 1)];
-                let time = match t.layers.admit(data, target) {
-                    Admit::Forward(time) => time,
+                let (seq, time) = match t.layers.admit(&pkt.pos, target) {
+                    Admit::Forward { seq, time } => (seq, time),
                     Admit::Skip(wait) => {
                         if wait {
                             if let Some(r) = target {
@@ -1218,21 +1399,47 @@ impl Engine {
                         continue;
                     }
                 };
-                let Some(w) = s.rtc.writer(mid) else {
+                let pt = match t.pt_map {
+                    Some((from_pt, to_pt)) if from_pt == pkt.params.pt() => to_pt,
+                    _ => {
+                        let Some(to_pt) = s
+                            .rtc
+                            .codec_config()
+                            .match_params(pkt.params)
+                            .map(|p| p.pt())
+                        else {
+                            trace!(participant = %s.participant, "no matching codec for a forwarded packet");
+                            continue;
+                        };
+                        t.pt_map = Some((pkt.params.pt(), to_pt));
+                        to_pt
+                    }
+                };
+                let mut api = s.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                     continue;
                 };
-                let Some(pt) = w.match_params(data.params) else {
-                    trace!(participant = %s.participant, "no matching codec for a forwarded frame");
-                    continue;
+                let ext = ExtensionValues {
+                    audio_level: pkt.audio_level,
+                    voice_activity: pkt.voice_activity,
+                    video_orientation: pkt.video_orientation,
+                    ..Default::default()
                 };
-                if let Err(e) = w.write(pt, data.network_time, time, data.data.clone()) {
-                    debug!(participant = %s.participant, "forward failed: {e}");
-                }
+                tx.write_rtp(
+                    RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, pkt.payload.clone())
+                        .marker(pkt.marker)
+                        .ext_vals(ext)
+                        .nackable(t.kind == MediaKind::Video),
+                );
                 wrote = true;
+                self.forwarded += 1;
             }
-            if wrote && !s.queued {
-                s.queued = true;
-                self.dirty.push(sid);
+            if wrote {
+                s.wrote = true;
+                if !s.queued {
+                    s.queued = true;
+                    self.dirty.push(sid);
+                }
             }
         }
         // Subscribers waiting to switch layers need a keyframe of their new layer (throttled per layer).
@@ -1243,7 +1450,7 @@ impl Engine {
                     if want {
                         if let Some(r) = picks.iter().flatten().find(|r| simulcast::rank(r) == rank)
                         {
-                            pc.request_keyframe(data.mid, Some(*r), KeyframeRequestKind::Pli, now);
+                            pc.request_keyframe(pkt.mid, Some(*r), KeyframeRequestKind::Pli, now);
                         }
                     }
                 }
@@ -1455,6 +1662,7 @@ impl Engine {
                         state: OutState::ToOpen,
                         layers: LayerState::default(),
                         paused: false,
+                        pt_map: None,
                     });
                     self.mark(sid);
                 }
@@ -1624,6 +1832,7 @@ impl Engine {
         let mut rtc = config
             .set_sctp_max_buffered_amount(data::SCTP_BUFFER)
             .set_ice_lite(true)
+            .set_rtp_mode(true)
             .set_local_ice_credentials(IceCreds {
                 ufrag: ufrag.clone(),
                 pass: signal::random_hex(16),
@@ -1678,6 +1887,7 @@ impl Engine {
             bytes_out: 0,
             egress_loss: None,
             queued: false,
+            wrote: false,
             adapt,
             loss_bwe: LossEstimator::default(),
             remb: None,
@@ -1710,6 +1920,7 @@ impl Engine {
                         state: OutState::ToOpen,
                         layers: LayerState::default(),
                         paused: false,
+                        pt_map: None,
                     });
                 }
             }

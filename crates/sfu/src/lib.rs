@@ -10,9 +10,10 @@
 //!
 //! Architecture: one UDP socket carries every participant's media; one tokio task (the [`engine`]) owns
 //! every str0m `Rtc` (sans-IO) and routes each datagram in O(1) (remote address → client, learned from the
-//! ICE ufrag of the first STUN request). The server side is ICE-lite. Media is forwarded at frame level with
-//! str0m's `Writer`; payloads are reference counted (`Arc<[u8]>`), so forwarding one frame to N subscribers
-//! copies no media bytes.
+//! ICE ufrag of the first STUN request). The server side is ICE-lite. Media is forwarded per RTP packet
+//! (str0m's RTP mode) as soon as it arrives; payloads are reference counted (`Arc<[u8]>`), so forwarding one
+//! packet to N subscribers copies no media bytes, and each subscriber's sequence numbers and timestamps are
+//! rewritten so it sees one continuous stream across simulcast layer switches.
 //!
 //! Track attribution: every forwarded m-line carries `a=msid:<publisher stream id> <participant id>.<n>`,
 //! so a subscriber knows which participant a track belongs to (the stream id is the publisher's own,
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 
 mod data;
 mod engine;
+mod keyframe;
 mod sdp;
 mod simulcast;
 mod stun;
@@ -62,9 +64,12 @@ pub struct SfuConfig {
     /// whose path is down or never came up, is removed from the SFU: its tracks end for the others and its
     /// state is freed. A participant's SDK can offer again later.
     pub media_timeout_secs: u64,
-    /// Merge consecutive datagrams to one address (a subscriber's packets of one frame) into one UDP GSO send
+    /// Merge consecutive datagrams to one address (e.g. a subscriber's retransmissions) into one UDP GSO send
     /// (Linux `UDP_SEGMENT`); falls back by itself when the kernel refuses it.
     pub udp_gso: bool,
+    /// When many subscribers have packets to send at once (a large fan-out), poll half of them on a second
+    /// thread (SRTP and sends on two cores). Off, or on a single core: one thread does it all.
+    pub parallel_fan_out: bool,
 }
 
 impl Default for SfuConfig {
@@ -79,6 +84,7 @@ impl Default for SfuConfig {
             drop_silent_audio_above: 8,
             media_timeout_secs: 30,
             udp_gso: true,
+            parallel_fan_out: true,
         }
     }
 }

@@ -4,10 +4,10 @@
 //! `q` (quarter resolution), `h` (half), `f` (full); other rid names are ranked the same way (`l`/`low`/`0`,
 //! `m`/`mid`/`1`, anything else high). Each subscriber of the track has a wanted quality (low/medium/high, by
 //! default high) and gets the best layer the publisher currently sends at or below it (else the lowest above).
-//! A switch happens only on a keyframe of the new layer (one is requested from the publisher), and the media
-//! time of the new layer is rebased so the subscriber's decoder sees one continuous stream: str0m's writer
-//! packetizes with its own sequence numbers, and the timestamps continue from the last forwarded frame by the
-//! wall-clock time in between.
+//! A switch happens only at the first packet of a keyframe of the new layer (one is requested from the
+//! publisher), and sequence numbers and timestamps are rewritten ([`LayerState`]) so the subscriber's decoder
+//! sees one continuous stream: sequence numbers continue without a gap, timestamps by the wall-clock time in
+//! between.
 //!
 //! Bandwidth: the SFU measures each layer's bitrate ([`Layers::bitrate`]) and caps what a subscriber gets by
 //! an estimate of its downlink ([`LossEstimator`], from the loss in its receiver reports, bounded by REMB when the browser
@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use str0m::media::{MediaData, MediaTime, Rid};
+use str0m::media::Rid;
 
 /// A layer not seen for this long is considered stopped (the publisher dropped it, e.g. for bandwidth).
 const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -63,7 +63,7 @@ pub(crate) struct Layers {
 }
 
 impl Layers {
-    /// A frame of layer `rid` (`bytes` long) arrived at `at`.
+    /// A packet of layer `rid` (`bytes` of payload) arrived at `at`.
     pub fn seen(&mut self, rid: Rid, at: Instant, bytes: usize) {
         let r = rank(&rid);
         self.seen[r] = Some((rid, at));
@@ -233,27 +233,57 @@ impl LossEstimator {
     }
 }
 
-/// What to do with a frame for one subscriber.
+/// One received RTP packet of a published track, as far as forwarding it needs to know.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PacketPos {
+    /// The simulcast layer it belongs to (`None`: not simulcast).
+    pub rid: Option<Rid>,
+    /// Extended sequence number (no wrap-around).
+    pub seq: u64,
+    /// RTP timestamp.
+    pub time: u32,
+    /// RTP clock rate (Hz).
+    pub clock_rate: u32,
+    /// When it arrived.
+    pub arrival: Instant,
+    /// The first packet of a keyframe ([`crate::keyframe::starts_keyframe`]).
+    pub keyframe: bool,
+}
+
+/// What to do with a packet for one subscriber.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Admit {
-    /// Forward it with this media time.
-    Forward(MediaTime),
+    /// Forward it with this extended sequence number and RTP timestamp.
+    Forward { seq: u64, time: u32 },
     /// Not for this subscriber; `true` when it waits for a keyframe of its target layer.
     Skip(bool),
 }
 
-/// One subscriber's view of one simulcast track.
+/// One subscriber's view of one published track: the layer it gets and the rewriting that makes what it
+/// receives one continuous RTP stream.
+///
+/// Forwarding starts (and moves to another layer, or another publisher) at a packet where the decoder can
+/// start: any packet of a track that is not simulcast, the first packet of a keyframe otherwise. From there,
+/// sequence numbers and timestamps are shifted by fixed offsets: sequence numbers continue from the last one
+/// forwarded (the first run keeps the publisher's low 15 bits, so the subscriber's SRTP rollover counter
+/// starts at 0), timestamps continue by the wall-clock time in between. Packets older than the start of the
+/// run are dropped (they would reuse sequence numbers already sent).
 pub(crate) struct LayerState {
     /// Wanted quality rank.
     pub want: usize,
     /// Highest rank the subscriber's bandwidth estimate allows.
     pub cap: usize,
-    /// The layer being forwarded.
+    /// The layer being forwarded (`None` while not simulcast or not started).
     pub current: Option<Rid>,
-    /// Added to the media time of the current layer.
-    offset: i64,
-    /// Last forwarded media time (ticks) and its arrival time.
-    last_out: Option<(u64, Instant)>,
+    /// A run is going on (`current` is its layer).
+    started: bool,
+    /// Sequence number of the run's first packet.
+    first_in: u64,
+    /// Added (wrapping) to the sequence numbers and timestamps of the current run.
+    seq_offset: u64,
+    time_offset: u32,
+    /// Highest forwarded sequence number, its timestamp and arrival.
+    last_out: Option<(u64, u32, Instant)>,
 }
 
 impl Default for LayerState {
@@ -262,7 +292,10 @@ impl Default for LayerState {
             want: DEFAULT_WANT,
             cap: RANKS - 1,
             current: None,
-            offset: 0,
+            started: false,
+            first_in: 0,
+            seq_offset: 0,
+            time_offset: 0,
             last_out: None,
         }
     }
@@ -274,39 +307,53 @@ impl LayerState {
         self.want.min(self.cap)
     }
 
-    /// The track is fed from another publisher: start again at its next keyframe, continuing the timeline.
+    /// The track is fed from another publisher, or resumes after a pause: start again at its next keyframe,
+    /// continuing the timeline.
     pub fn new_source(&mut self) {
         self.current = None;
+        self.started = false;
     }
 
-    /// Decides about frame `data` given the layer this subscriber should get (`target`, from [`Layers::pick`]).
-    pub fn admit(&mut self, data: &MediaData, target: Option<Rid>) -> Admit {
-        if data.rid.is_none() {
-            return Admit::Forward(data.time);
-        }
-        if data.rid != self.current {
-            if target.is_none() || data.rid != target {
-                return Admit::Skip(target.is_some() && target != self.current);
-            }
-            if !data.is_keyframe() {
-                return Admit::Skip(true);
-            }
-            // Switch: continue the timeline from the last forwarded frame.
-            let t_in = data.time.numer() as i64;
-            self.offset = match self.last_out {
-                Some((ts, at)) => {
-                    let dt = data.network_time.saturating_duration_since(at);
-                    let ticks =
-                        ((dt.as_secs_f64() * data.time.denom() as f64).round() as i64).max(1);
-                    ts as i64 + ticks - t_in
+    /// Decides about packet `p` given the layer this subscriber should get (`target`, from [`Layers::pick`]).
+    pub fn admit(&mut self, p: &PacketPos, target: Option<Rid>) -> Admit {
+        if !self.started || (p.rid.is_some() && p.rid != self.current) {
+            if p.rid.is_some() {
+                if target.is_none() || p.rid != target {
+                    return Admit::Skip(
+                        target.is_some() && (target != self.current || !self.started),
+                    );
                 }
-                None => 0,
-            };
-            self.current = data.rid;
+                if !p.keyframe {
+                    return Admit::Skip(true);
+                }
+            }
+            self.start(p);
         }
-        let out = (data.time.numer() as i64 + self.offset).max(0) as u64;
-        self.last_out = Some((out, data.network_time));
-        Admit::Forward(MediaTime::new(out, data.time.frequency()))
+        if p.seq < self.first_in {
+            return Admit::Skip(false);
+        }
+        let seq = p.seq.wrapping_add(self.seq_offset);
+        let time = p.time.wrapping_add(self.time_offset);
+        if self.last_out.is_none_or(|(s, _, _)| seq > s) {
+            self.last_out = Some((seq, time, p.arrival));
+        }
+        Admit::Forward { seq, time }
+    }
+
+    fn start(&mut self, p: &PacketPos) {
+        let (seq, time) = match self.last_out {
+            Some((seq, time, at)) => {
+                let dt = p.arrival.saturating_duration_since(at);
+                let ticks = ((dt.as_secs_f64() * f64::from(p.clock_rate)).round() as u32).max(1);
+                (seq + 1, time.wrapping_add(ticks))
+            }
+            None => (p.seq & 0x7fff, p.time),
+        };
+        self.seq_offset = seq.wrapping_sub(p.seq);
+        self.time_offset = time.wrapping_sub(p.time);
+        self.first_in = p.seq;
+        self.current = p.rid;
+        self.started = true;
     }
 }
 
@@ -408,6 +455,130 @@ mod tests {
         st.cap = 2;
         st.want = 1;
         assert_eq!(st.target(), 1);
+    }
+
+    fn packet(
+        rid: Option<&str>,
+        seq: u64,
+        time: u32,
+        arrival: Instant,
+        keyframe: bool,
+    ) -> PacketPos {
+        PacketPos {
+            rid: rid.map(Rid::from),
+            seq,
+            time,
+            clock_rate: 90_000,
+            arrival,
+            keyframe,
+        }
+    }
+
+    #[test]
+    fn a_plain_track_is_forwarded_from_any_packet_with_a_rollover_free_start() {
+        let t0 = Instant::now();
+        let mut st = LayerState::default();
+        // The publisher's stream is long past its first rollover: the subscriber's starts at ROC 0.
+        let first = 5 * 65_536 + 40_000;
+        let Admit::Forward { seq, time } = st.admit(&packet(None, first, 1000, t0, false), None)
+        else {
+            panic!("not forwarded");
+        };
+        assert!(seq < 0x8000, "starts below 2^15: {seq}");
+        assert_eq!(time, 1000, "timestamps are kept");
+        assert_eq!(
+            st.admit(&packet(None, first + 3, 4000, t0, false), None),
+            Admit::Forward {
+                seq: seq + 3,
+                time: 4000
+            },
+            "gaps are kept (the subscriber NACKs them)"
+        );
+        assert_eq!(
+            st.admit(&packet(None, first - 1, 900, t0, false), None),
+            Admit::Skip(false),
+            "older than the start: dropped"
+        );
+        assert_eq!(
+            st.admit(&packet(None, first + 1, 1000, t0, false), None),
+            Admit::Forward {
+                seq: seq + 1,
+                time: 1000
+            },
+            "late but after the start: forwarded in its place"
+        );
+    }
+
+    #[test]
+    fn a_layer_switch_waits_for_a_keyframe_and_continues_both_sequences() {
+        let t0 = Instant::now();
+        let mut st = LayerState::default();
+        let q = Some("q");
+        let f = Some("f");
+        let rq = Some(Rid::from("q"));
+        let rf = Some(Rid::from("f"));
+        // Waiting for the quarter layer's keyframe: its delta packets are skipped, asking for one.
+        assert_eq!(
+            st.admit(&packet(q, 100, 0, t0, false), rq),
+            Admit::Skip(true)
+        );
+        assert_eq!(
+            st.admit(&packet(f, 7000, 50, t0, false), rq),
+            Admit::Skip(true),
+            "other layers are skipped while the target's keyframe is awaited"
+        );
+        let Admit::Forward { seq: s0, time: _ } = st.admit(&packet(q, 101, 3000, t0, true), rq)
+        else {
+            panic!("the keyframe starts the stream");
+        };
+        assert_eq!(st.current, rq);
+        let Admit::Forward { seq: s1, time: t1 } = st.admit(&packet(q, 102, 6000, t0, false), rq)
+        else {
+            panic!();
+        };
+        assert_eq!(s1, s0 + 1);
+        // The target moves up to the full layer: the quarter layer goes on until the full layer's keyframe.
+        let t1_arrival = t0 + Duration::from_millis(10);
+        assert!(matches!(
+            st.admit(&packet(q, 103, 6000, t1_arrival, false), rf),
+            Admit::Forward { .. }
+        ));
+        assert_eq!(
+            st.admit(&packet(f, 7001, 9000, t1_arrival, false), rf),
+            Admit::Skip(true)
+        );
+        let later = t0 + Duration::from_millis(110);
+        let Admit::Forward { seq: s2, time: t2 } =
+            st.admit(&packet(f, 7002, 77_777, later, true), rf)
+        else {
+            panic!("switched at the full layer's keyframe");
+        };
+        assert_eq!(st.current, rf);
+        assert_eq!(s2, s1 + 2, "sequence numbers continue without a gap");
+        // 100 ms after the last forwarded packet: 9 000 ticks later.
+        assert_eq!(t2, t1 + 9000);
+        assert_eq!(
+            st.admit(&packet(q, 104, 9000, later, false), rf),
+            Admit::Skip(false),
+            "the old layer is no longer forwarded"
+        );
+        assert_eq!(
+            st.admit(&packet(f, 7003, 80_777, later, false), rf),
+            Admit::Forward {
+                seq: s2 + 1,
+                time: t2 + 3000
+            }
+        );
+        // A new source (another publisher, or a resume) starts again at a keyframe, continuing the numbers.
+        st.new_source();
+        assert_eq!(
+            st.admit(&packet(f, 10, 5, later, false), rf),
+            Admit::Skip(true)
+        );
+        let Admit::Forward { seq: s3, .. } = st.admit(&packet(f, 11, 5, later, true), rf) else {
+            panic!();
+        };
+        assert_eq!(s3, s2 + 2);
     }
 
     #[test]

@@ -122,6 +122,11 @@ impl SendBatch {
         self.msgs.is_empty()
     }
 
+    /// Messages waiting (a GSO message of several datagrams counts once).
+    pub(crate) fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
     /// Queues one datagram (flushing first when the batch is full).
     pub(crate) fn push(&mut self, fd: RawFd, dest: SocketAddr, data: &[u8]) {
         if data.is_empty() {
