@@ -13,8 +13,10 @@
 #
 # Usage (repo root, as root): bench/sfu.sh
 # Env: SWITCHBOARD_BIN (default: release build in /work/rel-target), LOADS ("1x50 1x200 1x500 6x6"),
-#      DURATION seconds per run (10), BITRATE (1500000), JANUS=0 to skip Janus, SFU_ENV extra environment for
-#      `switchboard serve` (e.g. "SWITCHBOARD_SFU_BANDWIDTH_ESTIMATION=false"), RESULTS json-lines output file,
+#      DURATION seconds per run (10), BITRATE (1500000), PACING the publishers' --pacing-factor (2.5: RTP paced
+#      like Chromium's, at 2.5 x BITRATE in bursts of at most 5 ms worth; 0: each frame leaves as one burst),
+#      JANUS=0 to skip Janus, SFU_ENV extra environment for `switchboard serve`
+#      (e.g. "SWITCHBOARD_SFU_BANDWIDTH_ESTIMATION=false"), RESULTS json-lines output file,
 #      BASELINE_BIN another `switchboard` build (e.g. of an older commit) served side by side as "baseline"
 #      (the load generator is always SWITCHBOARD_BIN's).
 set -euo pipefail
@@ -23,6 +25,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOADS=${LOADS:-"1x50 1x200 1x500 6x6"}
 DURATION=${DURATION:-10}
 BITRATE=${BITRATE:-1500000}
+PACING=${PACING:-2.5}
 JANUS=${JANUS:-1}
 SFU_ENV=${SFU_ENV:-}
 BIN=${SWITCHBOARD_BIN:-}
@@ -153,7 +156,7 @@ run_load() { # $1 target, $2 publishers, $3 subscribers
   sleep 0.5
   local out
   if out=$(RUST_LOG=warn timeout 300 ip netns exec "$NS" "$BIN" bench sfu "${args[@]}" --publishers "$p" \
-      --subscribers "$n" --duration "$DURATION" --bitrate "$BITRATE" --server-pid "$SERVER_PID" 2>"$WORK/bench.err"); then
+      --subscribers "$n" --duration "$DURATION" --bitrate "$BITRATE" --pacing-factor "$PACING" --server-pid "$SERVER_PID" 2>"$WORK/bench.err"); then
     # Switchboard's own forwarding delay (kernel receive of a datagram → what it caused handed back to the kernel),
     # from its /metrics summary: the server's added latency without the load generator's.
     local q50=null q99=null
@@ -183,7 +186,7 @@ done
 
 echo
 [[ -n "$BASELINE_BIN" ]] && echo "baseline: $BASELINE_BIN"
-echo "SFU benchmark: $(nproc) cores, ${DURATION}s per run, ${BITRATE} bit/s per publisher, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "SFU benchmark: $(nproc) cores, ${DURATION}s per run, ${BITRATE} bit/s per publisher, pacing ${PACING}x, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
   def f(x; d): if x == null then "-" else (x * pow(10; d) | round / pow(10; d) | tostring) end;
   (["load","server","recv","fwd pkt/s","frame loss %","server CPU %","srv runq wait %","pkts/CPU-s","p50 ms","p99 ms","server delay p50/p99 ms","RSS/sub KiB","gen CPU %"] | join(" | ")),

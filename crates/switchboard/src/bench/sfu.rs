@@ -6,9 +6,11 @@
 //! runtime (one worker thread per core). Frames carry a stamp (publisher, frame number, send time on one
 //! monotonic clock shared by the whole process), so receivers measure loss and latency themselves.
 //! The latency is the "added" latency of the server plus the generator's own send and receive work (SRTP,
-//! packetizing, scheduling), so it is an upper bound of the server's share.
+//! packetizing, scheduling) and the publisher's pacing (`--pacing-factor`: a frame's last packet leaves
+//! about 10 ms after its first at the defaults), so it is an upper bound of the server's share.
 
 mod janus;
+mod pacer;
 mod peer;
 mod stamp;
 mod stats;
@@ -52,6 +54,10 @@ pub struct SfuBenchArgs {
     /// Seconds between periodic keyframes (publishers also answer PLI/FIR at once).
     #[arg(long, default_value_t = 2.0)]
     keyframe_interval: f64,
+    /// Publishers pace their video RTP like Chromium: at this × `--bitrate`, in bursts of at most 5 ms
+    /// worth (0: no pacing, each frame leaves as one burst; else 1 to 20).
+    #[arg(long, default_value_t = 2.5)]
+    pacing_factor: f64,
     /// Also send Opus-sized audio (50 packets/s of 160 bytes) per publisher.
     #[arg(long)]
     audio: bool,
@@ -128,6 +134,9 @@ fn validate(a: &SfuBenchArgs) -> anyhow::Result<()> {
     if a.fps == 0 || a.fps > 120 || a.bitrate < 8_000 || a.bitrate > 50_000_000 {
         bail!("--fps must be 1..=120 and --bitrate 8000..=50000000");
     }
+    if a.pacing_factor != 0.0 && !(1.0..=20.0).contains(&a.pacing_factor) {
+        bail!("--pacing-factor must be 0 (no pacing) or 1..=20");
+    }
     if a.setup_timeout > 300 {
         bail!("--setup-timeout must be at most 300 seconds");
     }
@@ -202,6 +211,7 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         keyframe_every: ((args.keyframe_interval * f64::from(args.fps)).round() as u32).max(1),
         audio: args.audio,
         bind: args.bind,
+        pacing_factor: args.pacing_factor,
     };
     let room = args
         .room
@@ -393,6 +403,7 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         "bitrate": args.bitrate,
         "fps": args.fps,
         "frame_bytes": frame_bytes,
+        "pacing_factor": args.pacing_factor,
         "audio": args.audio,
         "setup_s": round(setup_s, 2),
         "duration_s": round(window, 3),
@@ -480,5 +491,17 @@ mod tests {
         assert!(validate(&parse(&["--subscribers", "2001"])).is_err());
         assert!(validate(&parse(&["--subscribers", "0"])).is_err());
         validate(&parse(&["--publishers", "6", "--subscribers", "0"])).unwrap();
+    }
+
+    #[test]
+    fn pacing_factor_is_off_or_one_to_twenty() {
+        assert_eq!(parse(&[]).pacing_factor, 2.5);
+        for ok in ["0", "1", "2.5", "20"] {
+            validate(&parse(&["--pacing-factor", ok])).unwrap();
+        }
+        for bad in ["0.5", "-1", "20.5", "NaN", "inf"] {
+            let arg = format!("--pacing-factor={bad}");
+            assert!(validate(&parse(&[&arg])).is_err(), "{bad}");
+        }
     }
 }

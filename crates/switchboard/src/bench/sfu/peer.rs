@@ -4,6 +4,10 @@
 //! (a keyframe periodically and when asked by PLI/FIR) and counts the RTP packets they became. Every
 //! participant accepts the server's offers and counts the stamped frames it receives, their packets and their
 //! one-way latency. Only frames stamped inside the measurement window count.
+//!
+//! With a pacing factor, a publisher's RTP goes out through a [`Pacer`] as a browser's would (at that factor
+//! × the video bitrate, bursts of at most 5 ms worth); RTCP, STUN, DTLS and Opus audio (which Chromium does
+//! not pace either) leave at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -20,6 +24,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use super::pacer::Pacer;
 use super::stamp::{self, Stamp};
 use super::stats::PeerReport;
 
@@ -102,6 +107,9 @@ pub struct PeerSpec {
     pub audio: bool,
     /// Address to bind the UDP socket to.
     pub bind: std::net::IpAddr,
+    /// A publisher paces its video RTP at this × the video bitrate (`frame_bytes` × 8 × `fps`); 0: no pacing,
+    /// every packet of a frame leaves at once.
+    pub pacing_factor: f64,
 }
 
 const AUDIO_FRAME: usize = 160;
@@ -123,6 +131,10 @@ struct Peer {
     want_keyframe: bool,
     /// RTP packets transmitted while this is set belong to a frame inside the window.
     count_rtp: bool,
+    /// A pacing publisher's queue of RTP datagrams.
+    pacer: Option<Pacer>,
+    /// The payload type of the Opus track once written to: its packets are not paced.
+    audio_pt: Option<u8>,
     report: PeerReport,
     /// Fired once ICE+DTLS is up.
     on_connected: Option<oneshot::Sender<()>>,
@@ -149,6 +161,10 @@ pub async fn run(
     }
     let mut rtc = cfg.build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").context("host candidate")?);
+    let pacer = (spec.publisher.is_some() && spec.pacing_factor > 0.0).then(|| {
+        let video_bps = spec.frame_bytes as f64 * 8.0 * f64::from(spec.fps.max(1));
+        Pacer::new(spec.pacing_factor * video_bps, Instant::now())
+    });
     let mut p = Peer {
         spec,
         shared,
@@ -165,6 +181,8 @@ pub async fn run(
         audio_no: 0,
         want_keyframe: true,
         count_rtp: false,
+        pacer,
+        audio_pt: None,
         report: PeerReport::default(),
         on_connected: Some(on_connected),
     };
@@ -205,6 +223,8 @@ pub async fn run(
         if p.shared.phase.load(Ordering::Relaxed) == PHASE_STOP || !p.rtc.is_alive() {
             break;
         }
+        // Queued RTP that is due leaves now; the rest wakes us up when it is.
+        let timeout = p.pace().map_or(timeout, |release| release.min(timeout));
         let now = Instant::now();
         let wake = timeout.min(now + Duration::from_millis(100)).max(now);
         tokio::select! {
@@ -242,6 +262,12 @@ fn is_rtp(b: &[u8]) -> bool {
     b.len() >= 12 && (128..=191).contains(&b[0]) && !(64..=95).contains(&(b[1] & 0x7f))
 }
 
+/// Whether a pacing publisher queues this datagram: RTP, but not Opus audio (payload type `audio_pt`), which
+/// Chromium's pacer lets out at once as it does RTCP, STUN and DTLS.
+fn is_paced(b: &[u8], audio_pt: Option<u8>) -> bool {
+    is_rtp(b) && b.get(1).map(|pt| pt & 0x7f) != audio_pt
+}
+
 impl Peer {
     /// Polls the `Rtc` until it wants a timeout; returns when.
     fn drain(&mut self) -> Instant {
@@ -249,11 +275,18 @@ impl Peer {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => return t,
                 Ok(Output::Transmit(t)) => {
-                    if self.count_rtp && is_rtp(&t.contents) {
+                    let rtp = is_rtp(&t.contents);
+                    if self.count_rtp && rtp {
                         self.report.packets_sent += 1;
                     }
-                    // A full socket buffer drops the datagram (counted as loss by the receivers).
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    let paced = is_paced(&t.contents, self.audio_pt);
+                    match &mut self.pacer {
+                        Some(pacer) if paced => pacer.push(t.contents.into(), t.destination),
+                        // A full socket buffer drops the datagram (counted as loss by the receivers).
+                        _ => {
+                            let _ = self.socket.try_send_to(&t.contents, t.destination);
+                        }
+                    }
                 }
                 Ok(Output::Event(ev)) => self.event(ev),
                 Err(e) => {
@@ -263,6 +296,17 @@ impl Peer {
                 }
             }
         }
+    }
+
+    /// Sends the queued RTP that the pacer lets out now; returns when the next queued datagram may leave.
+    fn pace(&mut self) -> Option<Instant> {
+        let pacer = self.pacer.as_mut()?;
+        let now = Instant::now();
+        while let Some((datagram, destination)) = pacer.pop(now) {
+            // As unpaced: a full socket buffer drops the datagram.
+            let _ = self.socket.try_send_to(&datagram, destination);
+        }
+        pacer.next_release()
     }
 
     fn receive(&mut self, data: &[u8], source: SocketAddr) {
@@ -378,6 +422,9 @@ impl Peer {
         if counted {
             self.report.frames_sent += 1;
         }
+        if codec == Codec::Opus {
+            self.audio_pt = Some(*pt);
+        }
         self.count_rtp = counted;
         // str0m packetizes queued frames on a timeout input: do it now rather than on the next wake-up.
         if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
@@ -437,7 +484,7 @@ impl Peer {
 
 #[cfg(test)]
 mod tests {
-    use super::is_rtp;
+    use super::{is_paced, is_rtp};
 
     #[test]
     fn rtp_is_told_from_rtcp_stun_and_dtls() {
@@ -450,5 +497,23 @@ mod tests {
         assert!(!is_rtp(&rtcp));
         assert!(!is_rtp(&[0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0])); // STUN
         assert!(!is_rtp(&[22u8; 20])); // DTLS handshake
+    }
+
+    #[test]
+    fn only_video_rtp_is_paced() {
+        let mut rtp = [0u8; 20];
+        rtp[0] = 0x80;
+        rtp[1] = 96 | 0x80; // marker + PT 96 (VP8)
+        assert!(is_paced(&rtp, None));
+        assert!(is_paced(&rtp, Some(111)));
+        let mut opus = rtp;
+        opus[1] = 111;
+        assert!(!is_paced(&opus, Some(111)));
+        let mut rtcp = rtp;
+        rtcp[1] = 201; // receiver report
+        assert!(!is_paced(&rtcp, None));
+        let stun = [0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0];
+        assert!(!is_paced(&stun, None));
+        assert!(!is_paced(&[22u8; 20], None)); // DTLS handshake
     }
 }
