@@ -290,6 +290,7 @@ mod tests {
         assert_eq!(c.http.listen.port(), 9001);
         assert_eq!(c.turn.realm, "env");
         assert_eq!(c.turn.user_quota, 7);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

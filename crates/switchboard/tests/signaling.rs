@@ -258,6 +258,7 @@ async fn token_minted_by_the_cli_is_accepted_and_its_grants_reported() {
     )
     .await;
     assert_eq!(recv(&mut ws).await.unwrap()["code"], "unauthorized");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
