@@ -123,6 +123,8 @@ test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full 
       sampling = false;
       await sampler;
       lab.shape('b', 'off');
+      // The SFU's view (also when a wait above failed): its downlink estimates and the caps they set.
+      for (const l of lab.server.log.filter((x) => /downlink (estimate|report)|bandwidth caps|allocating/.test(x))) lab.note(`server: ${l.slice(11, 23)} ${l.replace(/^.*sfu::engine: /, '')}`);
     }
     // Decoding never stopped for long: the SFU switches layers on keyframes, with continuous timestamps.
     let worst = 0;
@@ -131,7 +133,6 @@ test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full 
       if (samples[i].frames > samples[i - 1].frames) since = samples[i].t;
       worst = Math.max(worst, samples[i].t - since);
     }
-    for (const l of lab.server.log.filter((x) => /downlink estimate|bandwidth caps|allocating/.test(x))) lab.note(`server: ${l.slice(11, 23)} ${l.replace(/^.*sfu::engine: /, '')}`);
     const widths = [...new Set(samples.map((s) => s.width))];
     lab.note(`${samples.length} samples, widths ${widths.join(', ')}, frames ${samples[0].frames} → ${samples.at(-1).frames}, longest stall ${worst} ms`);
     // The one stall: from the limit until the SFU notices the loss (receiver reports come once a second, the

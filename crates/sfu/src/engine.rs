@@ -21,10 +21,12 @@ use signal::{MediaSignal, MediaSink};
 use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
-use str0m::format::PayloadParams;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, TcpType};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, VideoOrientation};
+use str0m::rtp::{
+    ExtensionValues, RtpPacket, RtpWrite, VideoOrientation, Vp8Descriptor, Vp8PatchError,
+};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::data::{self, DataOut, Sent};
@@ -233,6 +235,8 @@ struct Fwd {
     audio_level: Option<i8>,
     voice_activity: Option<bool>,
     video_orientation: Option<VideoOrientation>,
+    /// VP8: the payload descriptor (picture ids are rewritten per subscriber).
+    vp8: Option<Vp8Descriptor>,
     payload: Arc<[u8]>,
 }
 
@@ -587,8 +591,12 @@ impl Client {
             trace!(participant = %self.participant, %pt, "RTP packet of an unknown payload type");
             return;
         };
-        let keyframe = t.kind == MediaKind::Video
-            && crate::keyframe::starts_keyframe(params.spec().codec, &p.payload);
+        let codec = params.spec().codec;
+        let keyframe =
+            t.kind == MediaKind::Video && crate::keyframe::starts_keyframe(codec, &p.payload);
+        let vp8 = (codec == Codec::Vp8)
+            .then(|| Vp8Descriptor::parse(&p.payload).ok())
+            .flatten();
         if let Some(rid) = rid {
             t.layers.seen(rid, p.timestamp, p.payload.len());
         }
@@ -618,6 +626,7 @@ impl Client {
                 audio_level: ext.audio_level,
                 voice_activity: ext.voice_activity,
                 video_orientation: ext.video_orientation,
+                vp8,
                 payload: p.payload,
             },
         ));
@@ -703,6 +712,28 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// The patch giving a VP8 payload descriptor `pic` and `tl0` (a 7-bit picture id keeps 7 bits).
+fn vp8_patch(
+    d: &Vp8Descriptor,
+    pic: Option<u16>,
+    tl0: Option<u8>,
+) -> Result<str0m::rtp::Vp8Patch, Vp8PatchError> {
+    let build = |pic: Option<u16>| {
+        let mut b = d.patch();
+        if let Some(p) = pic {
+            b = b.picture_id(p);
+        }
+        if let Some(t) = tl0 {
+            b = b.tl0_pic_idx(t);
+        }
+        b.build()
+    };
+    match build(pic) {
+        Err(Vp8PatchError::PictureIdTooLarge) => build(pic.map(|p| p & 0x7f)),
+        r => r,
     }
 }
 
@@ -1419,6 +1450,17 @@ impl Engine {
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                     continue;
                 };
+                let mut write =
+                    RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, pkt.payload.clone());
+                if let Some(d) = &pkt.vp8 {
+                    let (pic, tl0) = t.layers.vp8(seq, d.picture_id(), d.tl0_pic_idx());
+                    if pic != d.picture_id() || tl0 != d.tl0_pic_idx() {
+                        match vp8_patch(d, pic, tl0) {
+                            Ok(patch) => write = write.vp8_patch(patch),
+                            Err(e) => trace!("VP8 descriptor not rewritten: {e}"),
+                        }
+                    }
+                }
                 let ext = ExtensionValues {
                     audio_level: pkt.audio_level,
                     voice_activity: pkt.voice_activity,
@@ -1426,7 +1468,7 @@ impl Engine {
                     ..Default::default()
                 };
                 tx.write_rtp(
-                    RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, pkt.payload.clone())
+                    write
                         .marker(pkt.marker)
                         .ext_vals(ext)
                         .nackable(t.kind == MediaKind::Video),

@@ -284,6 +284,12 @@ pub(crate) struct LayerState {
     time_offset: u32,
     /// Highest forwarded sequence number, its timestamp and arrival.
     last_out: Option<(u64, u32, Instant)>,
+    /// VP8: offsets of the picture id (15 bits) and TL0PICIDX of the current run, computed at its first packet
+    /// (`vp8_rebase`), and the values of the highest forwarded sequence number so far.
+    vp8_rebase: bool,
+    pic_offset: u16,
+    tl0_offset: u8,
+    last_vp8: Option<(u64, Option<u16>, Option<u8>)>,
 }
 
 impl Default for LayerState {
@@ -297,6 +303,10 @@ impl Default for LayerState {
             seq_offset: 0,
             time_offset: 0,
             last_out: None,
+            vp8_rebase: false,
+            pic_offset: 0,
+            tl0_offset: 0,
+            last_vp8: None,
         }
     }
 }
@@ -354,8 +364,43 @@ impl LayerState {
         self.first_in = p.seq;
         self.current = p.rid;
         self.started = true;
+        self.vp8_rebase = true;
+    }
+
+    /// VP8: the picture id and TL0PICIDX to send for a packet just admitted as `out_seq`. They continue across
+    /// runs like sequence numbers: each layer numbers its pictures on its own, and a receiver drops a keyframe
+    /// whose picture id is older than the last one it decoded (so it would never show the new layer).
+    pub fn vp8(
+        &mut self,
+        out_seq: u64,
+        pic: Option<u16>,
+        tl0: Option<u8>,
+    ) -> (Option<u16>, Option<u8>) {
+        if std::mem::take(&mut self.vp8_rebase) {
+            let (last_pic, last_tl0) = self.last_vp8.map_or((None, None), |(_, p, t)| (p, t));
+            self.pic_offset = match (pic, last_pic) {
+                (Some(p), Some(last)) => last.wrapping_add(1).wrapping_sub(p) & PICTURE_ID_MASK,
+                _ => 0,
+            };
+            self.tl0_offset = match (tl0, last_tl0) {
+                (Some(t), Some(last)) => last.wrapping_add(1).wrapping_sub(t),
+                _ => 0,
+            };
+        }
+        let pic = pic.map(|p| p.wrapping_add(self.pic_offset) & PICTURE_ID_MASK);
+        let tl0 = tl0.map(|t| t.wrapping_add(self.tl0_offset));
+        if self.last_vp8.is_none_or(|(s, _, _)| out_seq > s) {
+            let (last_pic, last_tl0) = self.last_vp8.map_or((None, None), |(_, p, t)| (p, t));
+            self.last_vp8 = Some((out_seq, pic.or(last_pic), tl0.or(last_tl0)));
+        }
+        (pic, tl0)
     }
 }
+
+/// VP8 picture ids are 15 bits.
+const PICTURE_ID_MASK: u16 = 0x7fff;
+
+impl LayerState {}
 
 #[cfg(test)]
 mod tests {
@@ -579,6 +624,52 @@ mod tests {
             panic!();
         };
         assert_eq!(s3, s2 + 2);
+    }
+
+    #[test]
+    fn vp8_picture_ids_continue_across_a_layer_switch() {
+        let t0 = Instant::now();
+        let mut st = LayerState::default();
+        let rq = Some(Rid::from("q"));
+        let rf = Some(Rid::from("f"));
+        // The quarter layer numbers its pictures from 20 000, the full one from 3 (and wraps at 2^15).
+        let Admit::Forward { seq, .. } = st.admit(&packet(Some("q"), 10, 0, t0, true), rq) else {
+            panic!();
+        };
+        assert_eq!(
+            st.vp8(seq, Some(20_000), Some(7)),
+            (Some(20_000), Some(7)),
+            "the first run keeps them"
+        );
+        let Admit::Forward { seq, .. } = st.admit(&packet(Some("q"), 11, 3000, t0, false), rq)
+        else {
+            panic!();
+        };
+        assert_eq!(st.vp8(seq, Some(20_001), Some(7)), (Some(20_001), Some(7)));
+        let Admit::Forward { seq, .. } = st.admit(&packet(Some("f"), 500, 9000, t0, true), rf)
+        else {
+            panic!();
+        };
+        assert_eq!(
+            st.vp8(seq, Some(3), Some(200)),
+            (Some(20_002), Some(8)),
+            "the new layer's keyframe follows the last picture forwarded"
+        );
+        let Admit::Forward { seq, .. } = st.admit(&packet(Some("f"), 501, 12000, t0, false), rf)
+        else {
+            panic!();
+        };
+        assert_eq!(st.vp8(seq, Some(4), Some(201)), (Some(20_003), Some(9)));
+        // Wrapping: picture ids stay within 15 bits.
+        let mut st = LayerState::default();
+        let Admit::Forward { seq, .. } = st.admit(&packet(Some("q"), 1, 0, t0, true), rq) else {
+            panic!();
+        };
+        assert_eq!(st.vp8(seq, Some(0x7fff), None), (Some(0x7fff), None));
+        let Admit::Forward { seq, .. } = st.admit(&packet(Some("f"), 9, 90, t0, true), rf) else {
+            panic!();
+        };
+        assert_eq!(st.vp8(seq, Some(100), None), (Some(0), None));
     }
 
     #[test]
