@@ -626,6 +626,14 @@ mod tests {
         assert_eq!(s3, s2 + 2);
     }
 
+    /// The sequence number a packet is forwarded with (it must be forwarded).
+    fn forwarded(st: &mut LayerState, p: &PacketPos, target: Option<Rid>) -> u64 {
+        match st.admit(p, target) {
+            Admit::Forward { seq, .. } => seq,
+            skip => panic!("not forwarded: {skip:?}"),
+        }
+    }
+
     #[test]
     fn vp8_picture_ids_continue_across_a_layer_switch() {
         let t0 = Instant::now();
@@ -633,42 +641,27 @@ mod tests {
         let rq = Some(Rid::from("q"));
         let rf = Some(Rid::from("f"));
         // The quarter layer numbers its pictures from 20 000, the full one from 3 (and wraps at 2^15).
-        let Admit::Forward { seq, .. } = st.admit(&packet(Some("q"), 10, 0, t0, true), rq) else {
-            panic!();
-        };
+        let seq = forwarded(&mut st, &packet(Some("q"), 10, 0, t0, true), rq);
         assert_eq!(
             st.vp8(seq, Some(20_000), Some(7)),
             (Some(20_000), Some(7)),
             "the first run keeps them"
         );
-        let Admit::Forward { seq, .. } = st.admit(&packet(Some("q"), 11, 3000, t0, false), rq)
-        else {
-            panic!();
-        };
+        let seq = forwarded(&mut st, &packet(Some("q"), 11, 3000, t0, false), rq);
         assert_eq!(st.vp8(seq, Some(20_001), Some(7)), (Some(20_001), Some(7)));
-        let Admit::Forward { seq, .. } = st.admit(&packet(Some("f"), 500, 9000, t0, true), rf)
-        else {
-            panic!();
-        };
+        let seq = forwarded(&mut st, &packet(Some("f"), 500, 9000, t0, true), rf);
         assert_eq!(
             st.vp8(seq, Some(3), Some(200)),
             (Some(20_002), Some(8)),
             "the new layer's keyframe follows the last picture forwarded"
         );
-        let Admit::Forward { seq, .. } = st.admit(&packet(Some("f"), 501, 12000, t0, false), rf)
-        else {
-            panic!();
-        };
+        let seq = forwarded(&mut st, &packet(Some("f"), 501, 12000, t0, false), rf);
         assert_eq!(st.vp8(seq, Some(4), Some(201)), (Some(20_003), Some(9)));
         // Wrapping: picture ids stay within 15 bits.
         let mut st = LayerState::default();
-        let Admit::Forward { seq, .. } = st.admit(&packet(Some("q"), 1, 0, t0, true), rq) else {
-            panic!();
-        };
+        let seq = forwarded(&mut st, &packet(Some("q"), 1, 0, t0, true), rq);
         assert_eq!(st.vp8(seq, Some(0x7fff), None), (Some(0x7fff), None));
-        let Admit::Forward { seq, .. } = st.admit(&packet(Some("f"), 9, 90, t0, true), rf) else {
-            panic!();
-        };
+        let seq = forwarded(&mut st, &packet(Some("f"), 9, 90, t0, true), rf);
         assert_eq!(st.vp8(seq, Some(100), None), (Some(0), None));
     }
 
