@@ -2,12 +2,9 @@
 //! moved to another simulcast layer (or start receiving) at the first packet of that layer's keyframe.
 //!
 //! Sans-IO and allocation-free: each function looks at the payload descriptor of one packet and never panics
-//! on short or malformed input (it answers `false`).
-//!
-//! ```ignore
-//! // VP8: S=1, PID=0, no extensions, then a VP8 payload header whose P bit is 0 (a key frame).
-//! assert!(starts_keyframe(Codec::Vp8, &[0x10, 0x00, 0x9d, 0x01, 0x2a]));
-//! ```
+//! on short or malformed input (it answers `false`). For example, the VP8 payload `10 9c 01 2a ...` (S=1, PID=0,
+//! no extensions, then a payload header whose P bit is 0) starts a keyframe; `10 9d ...` (P=1) does not — see the
+//! unit tests below.
 
 use str0m::format::Codec;
 
@@ -177,6 +174,42 @@ mod tests {
             Codec::Vp9,
             &[0xa8, 0x80, 0x01, 0x02, 0x00]
         ));
+    }
+
+    #[test]
+    fn no_payload_makes_it_panic_every_two_byte_one_and_random_longer_ones() {
+        let codecs = [Codec::Vp8, Codec::Vp9, Codec::H264];
+        for codec in codecs {
+            for a in 0..=255u8 {
+                starts_keyframe(codec, &[a]);
+                for b in 0..=255u8 {
+                    starts_keyframe(codec, &[a, b]);
+                }
+            }
+        }
+        // xorshift64: 20 000 payloads of 3..64 bytes, with descriptor and NAL bits set often.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut buf = [0u8; 64];
+        let mut keyframes = 0;
+        for i in 0..20_000 {
+            let len = 3 + (next() % 62) as usize;
+            for byte in &mut buf[..len] {
+                *byte = next() as u8;
+            }
+            if starts_keyframe(codecs[i % 3], &buf[..len]) {
+                keyframes += 1;
+            }
+        }
+        assert!(
+            keyframes > 0,
+            "random payloads sometimes look like keyframes"
+        );
     }
 
     #[test]
