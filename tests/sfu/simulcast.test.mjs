@@ -118,6 +118,15 @@ test('simulcast in H.264 (videoCodec: "h264"): the same layer switching, the vie
   await browser.close();
 });
 
+for (const [codec, mime] of [['vp9', 'video/VP9'], ['av1', 'video/AV1']]) {
+  test(`simulcast in ${mime.slice(6)} (videoCodec: "${codec}"): the same layer switching, the viewer decodes ${mime.slice(6)}`, { timeout: 180000 }, async () => {
+    const { sent, got, browser } = await simulcastSwitch(`simulcast-${codec}`, codec);
+    assert.deepEqual(sent, [mime], `the publisher sends ${mime} layers`);
+    assert.deepEqual(got, [mime], `the viewer receives and decodes ${mime}`);
+    await browser.close();
+  });
+}
+
 test('tiles drive subscriptions: a small tile gets the small layer, a hidden one nothing, a large one asks for high and gets a larger layer', { timeout: 180000 }, async () => {
   process.env.SWITCHBOARD_ROOMS_DEFAULT_MODE = 'sfu';
   const server = await h.startServer();

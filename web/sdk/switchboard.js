@@ -870,7 +870,10 @@ class SfuPeer extends Peer {
     // Simulcast: up to three layers (by the track's size), in the preferred codec (options.videoCodec, e.g. VP8
     // or H.264); the SFU forwards one per subscriber (see setSubscribeQuality).
     const layers = track.kind === 'video' && this.room.options.simulcast !== false ? simulcastLayersFor(track) : null;
-    if (layers) init.sendEncodings = layers;
+    // VP9 and AV1: without a scalability mode per layer Chromium sends only the first layer, with spatial layers
+    // inside it (SVC); with one it sends real simulcast, which the SFU switches like VP8's.
+    const svcCodec = /^(vp9|av1)$/i.test(this.room.options.videoCodec || '');
+    if (layers) init.sendEncodings = svcCodec ? layers.map((l) => ({ ...l, scalabilityMode: 'L1T1' })) : layers;
     const tr = this.pc.addTransceiver(track, init);
     if (track.kind === 'video') preferVideoCodec(tr, this.room.options.videoCodec);
     this.senders.set(track, tr.sender);

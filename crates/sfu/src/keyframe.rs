@@ -10,13 +10,15 @@ use str0m::format::Codec;
 
 /// Whether `payload` (an RTP payload of `codec`) is the first packet of a keyframe.
 ///
-/// Known: VP8 (RFC 7741), VP9 (RFC 9628, base spatial layer) and H.264 (RFC 6184: a packet carrying an SPS,
-/// or starting an IDR picture). Other codecs answer `false`: their simulcast layers are never switched.
+/// Known: VP8 (RFC 7741), VP9 (RFC 9628, base spatial layer), H.264 (RFC 6184: a packet carrying an SPS,
+/// or starting an IDR picture) and AV1 (the AV1 RTP specification: the first packet of a coded video sequence).
+/// Other codecs answer `false`: their simulcast layers are never switched.
 pub(crate) fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
     match codec {
         Codec::Vp8 => vp8(payload),
         Codec::Vp9 => vp9(payload),
         Codec::H264 => h264(payload),
+        Codec::Av1 => av1(payload),
         _ => false,
     }
 }
@@ -77,6 +79,13 @@ fn vp9(p: &[u8]) -> bool {
         i += if pic & 0x80 != 0 { 2 } else { 1 };
     }
     p.get(i).is_some_and(|l| (l >> 1) & 0x07 == 0)
+}
+
+/// AV1 RTP payload aggregation header `Z Y W W N - - -`: N is set on the first packet of a coded video sequence
+/// (which every keyframe starts), Z when the packet begins with the rest of an earlier packet's OBU.
+fn av1(p: &[u8]) -> bool {
+    p.first()
+        .is_some_and(|h| h & 0x08 != 0 && h & 0x80 == 0 && p.len() > 1)
 }
 
 const NAL_IDR: u8 = 5;
@@ -164,6 +173,24 @@ mod tests {
     }
 
     #[test]
+    fn av1_keyframes_start_a_coded_video_sequence() {
+        // N=1, W=2, then an OBU (a sequence header, type 1: 0x0a).
+        assert!(starts_keyframe(Codec::Av1, &[0x28, 0x0a, 0x0b]));
+        assert!(
+            !starts_keyframe(Codec::Av1, &[0x20, 0x32, 0x00]),
+            "N=0: not a new sequence"
+        );
+        assert!(
+            !starts_keyframe(Codec::Av1, &[0x88, 0x32]),
+            "Z=1: a continuation"
+        );
+        assert!(
+            !starts_keyframe(Codec::Av1, &[0x08]),
+            "nothing after the header"
+        );
+    }
+
+    #[test]
     fn vp9_keyframes_begin_unpredicted_in_the_base_layer() {
         assert!(starts_keyframe(Codec::Vp9, &[0x08]), "B=1 P=0");
         assert!(!starts_keyframe(Codec::Vp9, &[0x48]), "predicted");
@@ -178,7 +205,7 @@ mod tests {
 
     #[test]
     fn no_payload_makes_it_panic_every_two_byte_one_and_random_longer_ones() {
-        let codecs = [Codec::Vp8, Codec::Vp9, Codec::H264];
+        let codecs = [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1];
         for codec in codecs {
             for a in 0..=255u8 {
                 starts_keyframe(codec, &[a]);
@@ -202,7 +229,7 @@ mod tests {
             for byte in &mut buf[..len] {
                 *byte = next() as u8;
             }
-            if starts_keyframe(codecs[i % 3], &buf[..len]) {
+            if starts_keyframe(codecs[i % codecs.len()], &buf[..len]) {
                 keyframes += 1;
             }
         }
@@ -217,10 +244,11 @@ mod tests {
         for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1, Codec::Opus] {
             assert!(!starts_keyframe(codec, &[]));
         }
+        assert!(!starts_keyframe(Codec::Opus, &[0x28, 0x0a, 0x0b]));
         assert!(!starts_keyframe(Codec::Vp8, &[0x90]));
         assert!(!starts_keyframe(Codec::Vp8, &[0x90, 0x80]));
         assert!(!starts_keyframe(Codec::Vp9, &[0xa8]));
         assert!(!starts_keyframe(Codec::H264, &[0x7c]));
-        assert!(!starts_keyframe(Codec::Av1, &[0x10, 0x9c]));
+        assert!(!starts_keyframe(Codec::H265, &[0x10, 0x9c]));
     }
 }
