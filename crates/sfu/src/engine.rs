@@ -457,21 +457,7 @@ impl Client {
             }
             Event::MediaAdded(m) => {
                 if m.direction.is_receiving() {
-                    if !self.can_publish {
-                        warn!(participant = %self.participant, "offered media without the publish grant: ignored");
-                        return;
-                    }
-                    if self.tracks_in.iter().all(|t| t.mid != m.mid) {
-                        debug!(participant = %self.participant, mid = %m.mid, kind = ?m.kind, "track published");
-                        self.tracks_in.push(TrackIn {
-                            mid: m.mid,
-                            kind: m.kind,
-                            last_keyframe_request: Default::default(),
-                            layers: Layers::default(),
-                            level: -127.0,
-                        });
-                        props.push_back(Prop::TrackOpened(self.id, m.mid));
-                    }
+                    self.publish(m.mid, m.kind, props);
                 } else if m.direction.is_sending() && matches!(self.role, Role::Whep) {
                     self.tracks_out.push(TrackOut {
                         src: None,
@@ -571,6 +557,26 @@ impl Client {
             }
             _ => {}
         }
+    }
+
+    /// The client publishes a track on `mid` (once per mid): the room's subscribers get it offered.
+    fn publish(&mut self, mid: Mid, kind: MediaKind, props: &mut VecDeque<Prop>) {
+        if !self.can_publish {
+            warn!(participant = %self.participant, "offered media without the publish grant: ignored");
+            return;
+        }
+        if self.tracks_in.iter().any(|t| t.mid == mid) {
+            return;
+        }
+        debug!(participant = %self.participant, %mid, ?kind, "track published");
+        self.tracks_in.push(TrackIn {
+            mid,
+            kind,
+            last_keyframe_request: Default::default(),
+            layers: Layers::default(),
+            level: -127.0,
+        });
+        props.push_back(Prop::TrackOpened(self.id, mid));
     }
 
     /// A packet of a track this client publishes: layer bitrates, audio level, then to the room.
@@ -2123,6 +2129,11 @@ impl Engine {
                         c.refresh_ufrag(&mut self.by_ufrag);
                         let answer = crate::sdp::follow_codec_order(&sdp, &answer.to_sdp_string());
                         c.remote_sdp.clone_from(&sdp);
+                        // Its tracks go to the room now, not once its media connection is up: the others'
+                        // next offers carry them (a round of renegotiation less when a room moves to the SFU).
+                        for (mid, kind) in crate::sdp::receiving_media(&answer) {
+                            c.publish(Mid::from(mid.as_str()), kind, &mut self.props);
+                        }
                         let sent = c
                             .sink()
                             .is_some_and(|s| s.send(MediaSignal::Answer(answer.clone())));

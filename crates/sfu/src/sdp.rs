@@ -51,9 +51,44 @@ pub(crate) fn follow_codec_order(theirs: &str, ours: &str) -> String {
     out
 }
 
+/// The audio and video m-lines of our description on which we receive (`a=recvonly` or `a=sendrecv`): their
+/// mid and kind. Used on our answer to a participant's offer, to announce its tracks to the room before its
+/// media connection is up (str0m reports them only once it is).
+pub(crate) fn receiving_media(ours: &str) -> Vec<(String, str0m::media::MediaKind)> {
+    use str0m::media::MediaKind;
+    let mut found = Vec::new();
+    let mut section: Option<(Option<MediaKind>, Option<&str>, bool)> = None;
+    let close = |s: Option<(Option<MediaKind>, Option<&str>, bool)>, found: &mut Vec<_>| {
+        if let Some((Some(kind), Some(mid), true)) = s {
+            found.push((mid.to_owned(), kind));
+        }
+    };
+    for line in ours.lines().map(str::trim_end) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            close(section.take(), &mut found);
+            let kind = if rest.starts_with("audio ") {
+                Some(MediaKind::Audio)
+            } else if rest.starts_with("video ") {
+                Some(MediaKind::Video)
+            } else {
+                None
+            };
+            section = Some((kind, None, false));
+        } else if let Some((_, mid, receiving)) = section.as_mut() {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                *mid = Some(m);
+            } else if line == "a=recvonly" || line == "a=sendrecv" {
+                *receiving = true;
+            }
+        }
+    }
+    close(section, &mut found);
+    found
+}
+
 #[cfg(test)]
 mod tests {
-    use super::follow_codec_order;
+    use super::{follow_codec_order, receiving_media};
 
     #[test]
     fn video_payload_types_follow_the_offer_order() {
@@ -76,5 +111,25 @@ mod tests {
             "m=video 9 UDP/TLS/RTP/SAVPF 98 96 120\nm=video 0 UDP/TLS/RTP/SAVPF\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\n"
         );
         assert_eq!(follow_codec_order("", "garbage\r\n"), "garbage\r\n");
+    }
+
+    #[test]
+    fn receiving_media_lists_the_audio_and_video_mlines_we_receive_on() {
+        use str0m::media::MediaKind;
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=recvonly\r\n\
+                      m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=recvonly\r\n\
+                      m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=sendonly\r\n\
+                      m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:3\r\n\
+                      m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=inactive\r\n\
+                      m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\na=mid:5\r\n";
+        assert_eq!(
+            receiving_media(answer),
+            vec![
+                ("0".to_owned(), MediaKind::Audio),
+                ("1".to_owned(), MediaKind::Video),
+                ("5".to_owned(), MediaKind::Video)
+            ]
+        );
+        assert!(receiving_media("not sdp").is_empty());
     }
 }
