@@ -598,11 +598,15 @@ impl Client {
             return;
         };
         let codec = params.spec().codec;
-        let keyframe =
-            t.kind == MediaKind::Video && crate::keyframe::starts_keyframe(codec, &p.payload);
+        // VP8's descriptor is parsed once: it tells a keyframe's start and is rewritten per subscriber.
         let vp8 = (codec == Codec::Vp8)
             .then(|| Vp8Descriptor::parse(&p.payload).ok())
             .flatten();
+        let keyframe = t.kind == MediaKind::Video
+            && match &vp8 {
+                Some(d) => d.starts_keyframe(&p.payload),
+                None => crate::keyframe::starts_keyframe(codec, &p.payload),
+            };
         if let Some(rid) = rid {
             t.layers.seen(rid, p.timestamp, p.payload.len());
         }

@@ -7,53 +7,22 @@
 //! unit tests below.
 
 use str0m::format::Codec;
+use str0m::rtp::Vp8Descriptor;
 
 /// Whether `payload` (an RTP payload of `codec`) is the first packet of a keyframe.
 ///
-/// Known: VP8 (RFC 7741), VP9 (RFC 9628, base spatial layer), H.264 (RFC 6184: a packet carrying an SPS,
+/// Known: VP8 (RFC 7741, str0m's [`Vp8Descriptor`]: a partition start whose VP8 header's P bit is 0), VP9
+/// (RFC 9628, base spatial layer), H.264 (RFC 6184: a packet carrying an SPS,
 /// or starting an IDR picture) and AV1 (the AV1 RTP specification: the first packet of a coded video sequence).
 /// Other codecs answer `false`: their simulcast layers are never switched.
 pub(crate) fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
     match codec {
-        Codec::Vp8 => vp8(payload),
+        Codec::Vp8 => Vp8Descriptor::parse(payload).is_ok_and(|d| d.starts_keyframe(payload)),
         Codec::Vp9 => vp9(payload),
         Codec::H264 => h264(payload),
         Codec::Av1 => av1(payload),
         _ => false,
     }
-}
-
-/// RFC 7741 §4.2: `X R N S R PID`; optional `I L T K` byte, picture id (7 or 15 bits), TL0PICIDX,
-/// `TID Y KEYIDX`; then the VP8 payload header, whose lowest bit (P) is 0 in a key frame (RFC 6386 §9.1).
-fn vp8(p: &[u8]) -> bool {
-    let Some(&b0) = p.first() else {
-        return false;
-    };
-    let start = b0 & 0x10 != 0;
-    let partition = b0 & 0x07;
-    if !start || partition != 0 {
-        return false;
-    }
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let Some(&x) = p.get(1) else {
-            return false;
-        };
-        i = 2;
-        if x & 0x80 != 0 {
-            let Some(&pic) = p.get(i) else {
-                return false;
-            };
-            i += if pic & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1;
-        }
-        if x & 0x30 != 0 {
-            i += 1;
-        }
-    }
-    p.get(i).is_some_and(|h| h & 0x01 == 0)
 }
 
 /// RFC 9628 §4.2: `I P L F B E V Z`; a frame beginning (B) that is not inter-picture predicted (P = 0), of

@@ -21,6 +21,9 @@ use str0m::media::Rid;
 /// A layer not seen for this long is considered stopped (the publisher dropped it, e.g. for bandwidth).
 const LAYER_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// VP8 picture ids are 15 bits.
+const PICTURE_ID_MASK: u16 = 0x7fff;
+
 /// Number of quality ranks.
 pub(crate) const RANKS: usize = 3;
 /// The default wanted quality (high).
@@ -285,11 +288,12 @@ pub(crate) struct LayerState {
     /// Highest forwarded sequence number, its timestamp and arrival.
     last_out: Option<(u64, u32, Instant)>,
     /// VP8: offsets of the picture id (15 bits) and TL0PICIDX of the current run, computed at its first packet
-    /// (`vp8_rebase`), and the values of the highest forwarded sequence number so far.
+    /// (`vp8_rebase`), and the values sent with the highest forwarded sequence number (`last_out`) so far.
     vp8_rebase: bool,
     pic_offset: u16,
     tl0_offset: u8,
-    last_vp8: Option<(u64, Option<u16>, Option<u8>)>,
+    last_pic: Option<u16>,
+    last_tl0: Option<u8>,
 }
 
 impl Default for LayerState {
@@ -306,7 +310,8 @@ impl Default for LayerState {
             vp8_rebase: false,
             pic_offset: 0,
             tl0_offset: 0,
-            last_vp8: None,
+            last_pic: None,
+            last_tl0: None,
         }
     }
 }
@@ -377,30 +382,25 @@ impl LayerState {
         tl0: Option<u8>,
     ) -> (Option<u16>, Option<u8>) {
         if std::mem::take(&mut self.vp8_rebase) {
-            let (last_pic, last_tl0) = self.last_vp8.map_or((None, None), |(_, p, t)| (p, t));
-            self.pic_offset = match (pic, last_pic) {
+            self.pic_offset = match (pic, self.last_pic) {
                 (Some(p), Some(last)) => last.wrapping_add(1).wrapping_sub(p) & PICTURE_ID_MASK,
                 _ => 0,
             };
-            self.tl0_offset = match (tl0, last_tl0) {
+            self.tl0_offset = match (tl0, self.last_tl0) {
                 (Some(t), Some(last)) => last.wrapping_add(1).wrapping_sub(t),
                 _ => 0,
             };
         }
         let pic = pic.map(|p| p.wrapping_add(self.pic_offset) & PICTURE_ID_MASK);
         let tl0 = tl0.map(|t| t.wrapping_add(self.tl0_offset));
-        if self.last_vp8.is_none_or(|(s, _, _)| out_seq > s) {
-            let (last_pic, last_tl0) = self.last_vp8.map_or((None, None), |(_, p, t)| (p, t));
-            self.last_vp8 = Some((out_seq, pic.or(last_pic), tl0.or(last_tl0)));
+        // `admit` has just recorded the highest sequence number forwarded: is it this packet's?
+        if self.last_out.is_some_and(|(s, _, _)| s == out_seq) {
+            self.last_pic = pic.or(self.last_pic);
+            self.last_tl0 = tl0.or(self.last_tl0);
         }
         (pic, tl0)
     }
 }
-
-/// VP8 picture ids are 15 bits.
-const PICTURE_ID_MASK: u16 = 0x7fff;
-
-impl LayerState {}
 
 #[cfg(test)]
 mod tests {
