@@ -2,7 +2,7 @@
 //!
 //! Sending: every datagram the engine emits during one wake-up is copied into one reused buffer and the whole
 //! batch leaves in one `sendmmsg` call. Consecutive datagrams to the same address (a subscriber's packets of
-//! one frame come out of its `Rtc` back to back) are merged into one UDP GSO message (`UDP_SEGMENT`): the
+//! one received batch come out of its `Rtc` back to back) are merged into one UDP GSO message (`UDP_SEGMENT`): the
 //! kernel walks its UDP/IP/routing path once per message instead of once per datagram, and cuts the segments
 //! apart as late as possible. Segments of a GSO message all have the size of the first one but the last,
 //! which may be shorter. When the kernel refuses GSO (no checksum offload on the route, an old kernel), the
@@ -186,41 +186,20 @@ impl SendBatch {
     fn send_all(&mut self, fd: RawFd) {
         let n = self.msgs.len();
         let base = self.buf.as_ptr();
-        let cmsg_space = {
-            // SAFETY: CMSG_SPACE is a pure size computation.
-            unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize }
-        };
-        debug_assert!(cmsg_space <= std::mem::size_of::<[u64; 4]>());
         for (k, m) in self.msgs.iter().enumerate() {
             let sys = &mut self.sys;
             // SAFETY: `start + len` is within `buf` (both were set when the bytes were appended).
             sys.iov[k].iov_base = unsafe { base.add(m.start) } as *mut libc::c_void;
             sys.iov[k].iov_len = m.len;
-            let namelen = udpio::to_sockaddr(&m.dest, &mut sys.names[k]);
-            let h = &mut sys.hdrs[k];
-            h.msg_len = 0;
-            h.msg_hdr.msg_name = (&mut sys.names[k] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = namelen;
-            h.msg_hdr.msg_iov = &mut sys.iov[k];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_flags = 0;
-            if m.segments > 1 {
-                let cbuf = &mut sys.cmsgs[k];
-                h.msg_hdr.msg_control = cbuf.as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = cmsg_space as _;
-                // SAFETY: the control buffer is 8-byte aligned and CMSG_SPACE(2) bytes long, so
-                // CMSG_FIRSTHDR is non-null and the header plus its u16 payload fit in it.
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = libc::UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), m.seg as u16);
-                }
-            } else {
-                h.msg_hdr.msg_control = std::ptr::null_mut();
-                h.msg_hdr.msg_controllen = 0;
-            }
+            let gso = (m.segments > 1).then(|| (&mut sys.cmsgs[k][..], m.seg as u16));
+            udpio::fill_send_header(
+                &mut sys.hdrs[k],
+                &mut sys.names[k],
+                &m.dest,
+                &mut sys.iov[k],
+                1,
+                gso,
+            );
         }
         let mut done = 0;
         while done < n {

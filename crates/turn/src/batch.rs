@@ -282,12 +282,10 @@ mod gso {
     use std::os::fd::RawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use udpio::{to_sockaddr, PlainSend};
+    use udpio::{fill_send_header, PlainSend};
 
     use super::BATCH;
 
-    const SOL_UDP: libc::c_int = 17;
-    const UDP_SEGMENT: libc::c_int = 103;
     /// Largest datagram sent as a segment: the segment plus headers must fit the interface MTU, so only
     /// datagrams that fit an Ethernet frame are grouped (larger ones leave one by one).
     const MAX_SEGMENT: usize = 1472;
@@ -373,30 +371,15 @@ mod gso {
                         }
                     }
                 }
-                let namelen = to_sockaddr(&to, &mut self.names[m]);
-                let h = &mut self.hdrs[m];
-                h.msg_len = 0;
-                h.msg_hdr.msg_name = (&mut self.names[m] as *mut libc::sockaddr_storage).cast();
-                h.msg_hdr.msg_namelen = namelen;
-                h.msg_hdr.msg_iov = &mut self.iov[k];
-                h.msg_hdr.msg_iovlen = run as _;
-                h.msg_hdr.msg_flags = 0;
-                if run > 1 {
-                    h.msg_hdr.msg_control = self.ctrl[m].as_mut_ptr().cast();
-                    // SAFETY: CMSG_SPACE(2) = 24 bytes fit the 32-byte, 8-aligned control buffer; the
-                    // header is written through CMSG_FIRSTHDR of that buffer, the value through CMSG_DATA.
-                    unsafe {
-                        h.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
-                        let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
-                        (*c).cmsg_level = SOL_UDP;
-                        (*c).cmsg_type = UDP_SEGMENT;
-                        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), seg as u16);
-                    }
-                } else {
-                    h.msg_hdr.msg_control = std::ptr::null_mut();
-                    h.msg_hdr.msg_controllen = 0;
-                }
+                let gso = (run > 1).then(|| (&mut self.ctrl[m][..], seg as u16));
+                fill_send_header(
+                    &mut self.hdrs[m],
+                    &mut self.names[m],
+                    &to,
+                    &mut self.iov[k],
+                    run,
+                    gso,
+                );
                 self.count[m] = run;
                 m += 1;
                 k += run;

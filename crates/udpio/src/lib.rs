@@ -5,11 +5,13 @@
 //! - [`PlainSend`]: datagrams from the caller's slices to their own destinations in `sendmmsg` calls (no
 //!   GSO), one `sendto` per datagram elsewhere.
 //! - [`to_sockaddr`] / [`from_sockaddr`] (Linux): `SocketAddr` ⇄ `sockaddr_storage`.
+//! - [`fill_send_header`] (Linux): one `sendmmsg` header — destination, iovecs, and the `UDP_SEGMENT` control
+//!   message of a GSO send — for the callers' own batches.
 //!
 //! All buffers are allocated once, when a batch object is created; nothing is allocated per datagram.
 //! Sockets are given as raw descriptors of non-blocking (or `MSG_DONTWAIT`-read) UDP sockets that the
-//! caller keeps open for the duration of each call. Segmentation offload (GSO) is left to the callers:
-//! the TURN relay and the SFU group datagrams differently.
+//! caller keeps open for the duration of each call. Which datagrams form one segmentation offload (GSO) send
+//! is left to the callers (the TURN relay and the SFU group them differently); [`fill_send_header`] writes it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -73,6 +75,63 @@ pub fn from_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
             )))
         }
         _ => None,
+    }
+}
+
+/// Bytes of control buffer a GSO send header needs ([`fill_send_header`]): `CMSG_SPACE(sizeof(u16))`.
+#[cfg(target_os = "linux")]
+pub fn gso_control_len() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize }
+}
+
+/// Fills send header `h`: destination `to` (written into `name`), the `iovlen` iovecs starting at `iov`, and
+/// with `gso = Some((ctrl, size))` a `UDP_SEGMENT` control message written into `ctrl`, so that the kernel cuts
+/// the bytes into datagrams of `size` bytes (the last may be shorter). `name`, `iov` and `ctrl` must stay in
+/// place until the `sendmmsg` call that uses `h`.
+///
+/// # Panics
+/// If `ctrl` is shorter than [`gso_control_len`] bytes.
+#[cfg(target_os = "linux")]
+#[inline]
+pub fn fill_send_header(
+    h: &mut libc::mmsghdr,
+    name: &mut libc::sockaddr_storage,
+    to: &SocketAddr,
+    iov: &mut libc::iovec,
+    iovlen: usize,
+    gso: Option<(&mut [u64], u16)>,
+) {
+    let namelen = to_sockaddr(to, name);
+    h.msg_len = 0;
+    h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+    h.msg_hdr.msg_namelen = namelen;
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = iovlen as _;
+    h.msg_hdr.msg_flags = 0;
+    match gso {
+        Some((ctrl, size)) => {
+            let space = gso_control_len();
+            assert!(
+                space <= std::mem::size_of_val(ctrl),
+                "GSO control buffer too small"
+            );
+            h.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = space as _;
+            // SAFETY: the control buffer is 8-byte aligned and at least CMSG_SPACE(2) bytes long (checked
+            // above), so CMSG_FIRSTHDR is non-null and the header plus its u16 payload fit in it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size);
+            }
+        }
+        None => {
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+        }
     }
 }
 
@@ -350,16 +409,14 @@ impl<const N: usize> PlainSend<N> {
                     let (data, to) = item(done + j);
                     sys.iov[j].iov_base = data.as_ptr() as *mut libc::c_void;
                     sys.iov[j].iov_len = data.len();
-                    let namelen = to_sockaddr(&to, &mut sys.names[j]);
-                    let h = &mut sys.hdrs[j];
-                    h.msg_len = 0;
-                    h.msg_hdr.msg_name = (&mut sys.names[j] as *mut libc::sockaddr_storage).cast();
-                    h.msg_hdr.msg_namelen = namelen;
-                    h.msg_hdr.msg_iov = &mut sys.iov[j];
-                    h.msg_hdr.msg_iovlen = 1;
-                    h.msg_hdr.msg_control = std::ptr::null_mut();
-                    h.msg_hdr.msg_controllen = 0;
-                    h.msg_hdr.msg_flags = 0;
+                    fill_send_header(
+                        &mut sys.hdrs[j],
+                        &mut sys.names[j],
+                        &to,
+                        &mut sys.iov[j],
+                        1,
+                        None,
+                    );
                 }
                 // SAFETY: the first `m` headers point at live iovecs (over slices borrowed for 'a) and
                 // names.
