@@ -49,6 +49,11 @@ const MAX_OFFER_RESENDS: u8 = 3;
 const OFFER_RETRY: Duration = Duration::from_secs(2);
 /// At most one keyframe request per published track in this interval.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// A subscriber's retransmission buffer per video stream (str0m's defaults): at most this many packets, this
+/// old, and resends dropped while they would exceed this share of what is sent.
+const RTX_CACHE_PACKETS: usize = 2000;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+const RTX_RATIO_CAP: f32 = 0.15;
 /// Most publishers a subscriber keeps wishes about (the room size bounds it anyway).
 const MAX_PREFS: usize = 1024;
 /// Audio frames at or below this level (dBov, RFC 6464) count as silence.
@@ -302,6 +307,8 @@ struct Client {
     /// Media bytes sent in total, and the worst video loss reported since the last peer stats.
     bytes_out: u64,
     egress_loss: Option<f32>,
+    /// The stats of a second are being polled: report them to the estimator when the poll is done.
+    report_due: bool,
     queued: bool,
     /// Packets were written to its `Rtc` since it was last polled (str0m sends them on a timeout input).
     wrote: bool,
@@ -518,17 +525,9 @@ impl Client {
                 self.update_estimate(props);
             }
             Event::PeerStats(_) => {
-                // Once a second (after the per-stream stats): media bytes sent and the worst reported loss.
-                let loss = self.egress_loss.take();
-                trace!(participant = %self.participant, bytes_out = self.bytes_out, ?loss, "downlink report");
-                if self.adapt
-                    && self
-                        .loss_bwe
-                        .report(Instant::now(), self.bytes_out, loss)
-                        .is_some()
-                {
-                    self.update_estimate(props);
-                }
+                // Once a second, just before the per-stream stats: the downlink report waits for them
+                // ([`Client::downlink_report`] once the poll is done).
+                self.report_due = true;
             }
             Event::ChannelOpen(id, label) => {
                 debug!(participant = %self.participant, %label, ?id, "data channel open");
@@ -542,7 +541,7 @@ impl Client {
                     .increment(delta);
             }
             Event::MediaEgressStats(s) => {
-                trace!(participant = %self.participant, mid = %s.mid, loss = ?s.loss, rtt = ?s.rtt, bytes = s.bytes, "egress stats");
+                trace!(participant = %self.participant, mid = %s.mid, loss = ?s.loss, rtt = ?s.rtt, bytes = s.bytes, nacks = s.nacks, packets = s.packets, "egress stats");
                 let last = self.stats_out.entry((s.mid, s.rid)).or_insert((0, 0));
                 let delta = s.packets.saturating_sub(last.0);
                 self.bytes_out += s.bytes.saturating_sub(last.1);
@@ -640,6 +639,21 @@ impl Client {
                 payload: p.payload,
             },
         ));
+    }
+
+    /// Once a second, after the per-stream stats: the media bytes sent and the worst loss reported since the last
+    /// time feed the loss-based downlink estimate.
+    fn downlink_report(&mut self, props: &mut VecDeque<Prop>) {
+        let loss = self.egress_loss.take();
+        trace!(participant = %self.participant, bytes_out = self.bytes_out, ?loss, "downlink report");
+        if self.adapt
+            && self
+                .loss_bwe
+                .report(Instant::now(), self.bytes_out, loss)
+                .is_some()
+        {
+            self.update_estimate(props);
+        }
     }
 
     /// The downlink estimate in force changed: the engine re-caps this client's layers.
@@ -801,6 +815,9 @@ fn poll_client(c: &mut Client, now: Instant, sink: &mut PollSink) {
                 c.rtc.disconnect();
             }
         }
+    }
+    if std::mem::take(&mut c.report_due) {
+        c.downlink_report(sink.props);
     }
     if sink.out.len() >= FLUSH_AT {
         sink.out.flush(sink.fd);
@@ -1460,6 +1477,11 @@ impl Engine {
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                     continue;
                 };
+                if t.layers.take_rebased() && t.kind == MediaKind::Video {
+                    // Decoding restarts at this keyframe: drop what is left to retransmit of the run before
+                    // (on a link too slow for the old layer, its resends would delay the keyframe).
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                }
                 let mut write =
                     RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, pkt.payload.clone());
                 if let Some(d) = &pkt.vp8 {
@@ -1938,6 +1960,7 @@ impl Engine {
             stats_out: HashMap::new(),
             bytes_out: 0,
             egress_loss: None,
+            report_due: false,
             queued: false,
             wrote: false,
             adapt,

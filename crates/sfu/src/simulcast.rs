@@ -159,6 +159,9 @@ const GROWTH_PERCENT: u64 = 15;
 /// After an overload, the estimate does not grow for this long (doubling on each overload, up to the max).
 const HOLD_MIN: Duration = Duration::from_secs(10);
 const HOLD_MAX: Duration = Duration::from_secs(60);
+/// After a decrease, the next report still counts loss from before it took effect (receiver reports come about
+/// once a second): no second decrease within this time.
+const DECREASE_GAP: Duration = Duration::from_millis(1500);
 /// The estimate never grows beyond this (bit/s).
 const MAX_ESTIMATE: u64 = 1_000_000_000;
 /// Loss-free this long resets the hold to its minimum.
@@ -176,6 +179,8 @@ pub(crate) struct LossEstimator {
     calm_since: Option<Instant>,
     /// The estimate grew since the last overload (a try that may have been too much).
     tried: bool,
+    /// When the estimate last went down.
+    decreased: Option<Instant>,
 }
 
 impl Default for LossEstimator {
@@ -187,6 +192,7 @@ impl Default for LossEstimator {
             hold: HOLD_MIN,
             calm_since: None,
             tried: false,
+            decreased: None,
         }
     }
 }
@@ -210,8 +216,18 @@ impl LossEstimator {
         let loss = loss?;
         let before = self.estimate;
         if loss > LOSS_HIGH {
-            let delivered = (sent_bps as f64 * (1.0 - f64::from(loss) * 0.5)) as u64;
-            self.estimate = Some(delivered.max(30_000));
+            // What got through: the sent rate (retransmissions included, they cross the same link) less the loss.
+            let delivered = ((sent_bps as f64 * (1.0 - f64::from(loss))) as u64).max(30_000);
+            // Unless the last decrease has not shown in the reports yet.
+            let settled = self
+                .decreased
+                .is_none_or(|t| now.saturating_duration_since(t) >= DECREASE_GAP);
+            if settled {
+                if self.estimate.is_none_or(|e| delivered < e) {
+                    self.decreased = Some(now);
+                }
+                self.estimate = Some(delivered);
+            }
             if self.tried {
                 // Overloaded again after growing: the last try was too much, wait longer before the next.
                 self.hold = (self.hold * 2).min(HOLD_MAX);
@@ -294,6 +310,8 @@ pub(crate) struct LayerState {
     tl0_offset: u8,
     last_pic: Option<u16>,
     last_tl0: Option<u8>,
+    /// The last admitted packet began a run at a keyframe, after an earlier run ([`LayerState::take_rebased`]).
+    rebased: bool,
 }
 
 impl Default for LayerState {
@@ -312,6 +330,7 @@ impl Default for LayerState {
             tl0_offset: 0,
             last_pic: None,
             last_tl0: None,
+            rebased: false,
         }
     }
 }
@@ -370,6 +389,14 @@ impl LayerState {
         self.current = p.rid;
         self.started = true;
         self.vp8_rebase = true;
+        self.rebased = self.last_out.is_some() && p.keyframe;
+    }
+
+    /// Whether the packet just admitted began a new run at a keyframe (a layer switch, a new source, a resume)
+    /// after an earlier run. What the subscriber got before it is no longer needed to decode: retransmitting it
+    /// would only take bandwidth from the keyframe.
+    pub fn take_rebased(&mut self) -> bool {
+        std::mem::take(&mut self.rebased)
     }
 
     /// VP8: the picture id and TL0PICIDX to send for a packet just admitted as `out_seq`. They continue across
@@ -577,6 +604,7 @@ mod tests {
             panic!("the keyframe starts the stream");
         };
         assert_eq!(st.current, rq);
+        assert!(!st.take_rebased(), "the first run has nothing before it");
         let Admit::Forward { seq: s1, time: t1 } = st.admit(&packet(q, 102, 6000, t0, false), rq)
         else {
             panic!();
@@ -599,6 +627,11 @@ mod tests {
             panic!("switched at the full layer's keyframe");
         };
         assert_eq!(st.current, rf);
+        assert!(
+            st.take_rebased(),
+            "a switch at a keyframe: what the old layer left to resend is not needed"
+        );
+        assert!(!st.take_rebased(), "told once");
         assert_eq!(s2, s1 + 2, "sequence numbers continue without a gap");
         // 100 ms after the last forwarded packet: 9 000 ticks later.
         assert_eq!(t2, t1 + 9000);
@@ -687,9 +720,9 @@ mod tests {
             "no loss: no estimate, no cap"
         );
         assert_eq!(e.estimate(), None);
-        // 1.5 Mbit/s into a link that loses 60 %: the estimate is what got through, roughly.
+        // 1.5 Mbit/s into a link that loses 60 %: the estimate is what got through (600 kbit/s).
         let est = step(&mut e, 1_500_000, 0.6, &mut t).expect("an estimate after loss");
-        assert!((900_000..=1_100_000).contains(&est), "estimate {est}");
+        assert!((590_000..=610_000).contains(&est), "estimate {est}");
         // Held for 10 s after the overload, then growing 15 % per loss-free second.
         for _ in 0..9 {
             assert_eq!(step(&mut e, 300_000, 0.0, &mut t), None, "held");
@@ -711,5 +744,26 @@ mod tests {
             step(&mut e, 500_000, 0.05, &mut t);
         }
         assert_eq!(e.estimate(), held);
+    }
+
+    #[test]
+    fn loss_estimator_decreases_once_per_report_lag() {
+        let mut t = Instant::now();
+        let mut e = LossEstimator::default();
+        let mut sent = 0u64;
+        e.report(t, sent, Some(0.0));
+        let mut step = |e: &mut LossEstimator, bps: u64, loss: f32, ms: u64| {
+            t += Duration::from_millis(ms);
+            sent += bps * ms / 8000;
+            e.report(t, sent, Some(loss))
+        };
+        let first = step(&mut e, 800_000, 0.5, 1000).expect("down at the first overload");
+        assert_eq!(first, 400_000);
+        // The next report (1 s later) still covers the time before the SFU sent less: no second decrease.
+        assert_eq!(step(&mut e, 500_000, 0.4, 1000), None);
+        assert_eq!(e.estimate(), Some(400_000));
+        // Still overloaded once the decrease had time to show: down again.
+        let second = step(&mut e, 400_000, 0.3, 1000).expect("down again");
+        assert!((279_000..=281_000).contains(&second), "{second}");
     }
 }

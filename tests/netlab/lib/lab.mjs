@@ -214,6 +214,7 @@ export class Lab {
           const line = stripAnsi(bufs[which].slice(0, i));
           bufs[which] = bufs[which].slice(i + 1);
           srv.log.push(line);
+          if (process.env.NETLAB_SERVER_LOG) fs.appendFileSync(process.env.NETLAB_SERVER_LOG, `${line}\n`);
           if (srv.log.length > 4000) srv.log.splice(0, 2000);
           const m = which === 'stdout' && line.match(/^listening (\S+) (\S+)/);
           if (m) srv.listening[m[1]] = m[2];
