@@ -49,10 +49,11 @@ const MAX_OFFER_RESENDS: u8 = 3;
 const OFFER_RETRY: Duration = Duration::from_secs(2);
 /// At most one keyframe request per published track in this interval.
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
-/// A subscriber's retransmission buffer per video stream (str0m's defaults): at most this many packets, this
-/// old, and resends dropped while they would exceed this share of what is sent.
-const RTX_CACHE_PACKETS: usize = 2000;
-const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// A subscriber's retransmission buffer per video stream: at most this many packets, this old (a NACK comes one
+/// round trip after a loss; str0m's default keeps 3 s), and resends dropped while they would exceed this share of
+/// what is sent.
+const RTX_CACHE_PACKETS: usize = 1000;
+const RTX_CACHE_AGE: Duration = Duration::from_millis(1500);
 const RTX_RATIO_CAP: f32 = 0.15;
 /// Most publishers a subscriber keeps wishes about (the room size bounds it anyway).
 const MAX_PREFS: usize = 1024;
@@ -202,6 +203,8 @@ struct TrackOut {
     paused: bool,
     /// The last payload type mapping (publisher's → this subscriber's) for the same codec.
     pt_map: Option<(Pt, Pt)>,
+    /// The mid whose send stream got our retransmission buffer size ([`RTX_CACHE_AGE`]).
+    rtx_sized: Option<Mid>,
 }
 
 impl TrackOut {
@@ -475,6 +478,7 @@ impl Client {
                         layers: LayerState::default(),
                         paused: false,
                         pt_map: None,
+                        rtx_sized: None,
                     });
                     props.push_back(Prop::WhepSlot(self.id));
                 }
@@ -1477,10 +1481,14 @@ impl Engine {
                 let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                     continue;
                 };
-                if t.layers.take_rebased() && t.kind == MediaKind::Video {
-                    // Decoding restarts at this keyframe: drop what is left to retransmit of the run before
-                    // (on a link too slow for the old layer, its resends would delay the keyframe).
+                // A new buffer: at the stream's first packet (ours is smaller than str0m's default), and when
+                // decoding restarts at a keyframe (what is left to retransmit of the run before is not needed, and
+                // on a link too slow for the old layer its resends would delay the keyframe).
+                if (t.layers.take_rebased() || t.rtx_sized != Some(mid))
+                    && t.kind == MediaKind::Video
+                {
                     tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                    t.rtx_sized = Some(mid);
                 }
                 let mut write =
                     RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, pkt.payload.clone());
@@ -1737,6 +1745,7 @@ impl Engine {
                         layers: LayerState::default(),
                         paused: false,
                         pt_map: None,
+                        rtx_sized: None,
                     });
                     self.mark(sid);
                 }
@@ -1996,6 +2005,7 @@ impl Engine {
                         layers: LayerState::default(),
                         paused: false,
                         pt_map: None,
+                        rtx_sized: None,
                     });
                 }
             }
