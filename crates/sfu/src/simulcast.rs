@@ -151,7 +151,7 @@ pub(crate) fn fit(
 }
 
 /// Loss above this (fraction of packets, from RTCP receiver reports) means the downlink is overloaded.
-const LOSS_HIGH: f32 = 0.10;
+pub(crate) const LOSS_HIGH: f32 = 0.10;
 /// Loss below this means there may be room for more.
 const LOSS_LOW: f32 = 0.02;
 /// Growth of the estimate per loss-free report (percent).
@@ -159,6 +159,10 @@ const GROWTH_PERCENT: u64 = 15;
 /// After an overload, the estimate does not grow for this long (doubling on each overload, up to the max).
 const HOLD_MIN: Duration = Duration::from_secs(10);
 const HOLD_MAX: Duration = Duration::from_secs(60);
+/// A layer the link is too slow for is held back for at most this long while the lower layer's keyframe is
+/// awaited, after at most [`DRAIN_MAX`] for the link's queue to drain ([`LayerState::cap_to`]).
+const HOLD_BACK_MAX: Duration = Duration::from_secs(1);
+const DRAIN_MAX: Duration = Duration::from_millis(600);
 /// After a decrease, the next report still counts loss from before it took effect (receiver reports come about
 /// once a second): no second decrease within this time.
 const DECREASE_GAP: Duration = Duration::from_millis(1500);
@@ -312,6 +316,10 @@ pub(crate) struct LayerState {
     last_tl0: Option<u8>,
     /// The last admitted packet began a run at a keyframe, after an earlier run ([`LayerState::take_rebased`]).
     rebased: bool,
+    /// Since when the current layer is held back (the link is too slow for it), and for how long nothing at all
+    /// is forwarded so that the link's queue drains ([`LayerState::cap_to`]).
+    held_since: Option<Instant>,
+    drain: Duration,
 }
 
 impl Default for LayerState {
@@ -331,6 +339,8 @@ impl Default for LayerState {
             last_pic: None,
             last_tl0: None,
             rebased: false,
+            held_since: None,
+            drain: Duration::ZERO,
         }
     }
 }
@@ -348,8 +358,39 @@ impl LayerState {
         self.started = false;
     }
 
+    /// The bandwidth estimate allows ranks up to `cap`. Going down, the layer being forwarded is held back at
+    /// once rather than until the lower layer's keyframe: the link is too slow for it, and what it still sends
+    /// would be queued ahead of that keyframe. For `drain` (the delay the link's queue adds, at most
+    /// [`DRAIN_MAX`]) nothing is forwarded and no keyframe asked for, so that the keyframe finds the queue empty;
+    /// after that the lower layer starts at its next keyframe. Without one within [`HOLD_BACK_MAX`] more, the
+    /// current layer comes back.
+    pub fn cap_to(&mut self, cap: usize, now: Instant, drain: Duration) {
+        if cap < self.cap {
+            self.held_since = Some(now);
+            self.drain = drain.min(DRAIN_MAX);
+        } else {
+            self.held_since = None;
+        }
+        self.cap = cap;
+    }
+
     /// Decides about packet `p` given the layer this subscriber should get (`target`, from [`Layers::pick`]).
     pub fn admit(&mut self, p: &PacketPos, target: Option<Rid>) -> Admit {
+        if let (Some(since), Some(cur), Some(t)) = (self.held_since, &self.current, &target) {
+            if self.started && rank(t) < rank(cur) && p.rid.is_some() {
+                let held = p.arrival.saturating_duration_since(since);
+                if held < self.drain {
+                    return Admit::Skip(false);
+                }
+                if p.rid.as_ref() == Some(cur) {
+                    if held < self.drain + HOLD_BACK_MAX {
+                        return Admit::Skip(true);
+                    }
+                    // No keyframe of the lower layer in time: better the current layer than nothing.
+                    self.held_since = None;
+                }
+            }
+        }
         if !self.started || (p.rid.is_some() && p.rid != self.current) {
             if p.rid.is_some() {
                 if target.is_none() || p.rid != target {
@@ -390,6 +431,7 @@ impl LayerState {
         self.started = true;
         self.vp8_rebase = true;
         self.rebased = self.last_out.is_some() && p.keyframe;
+        self.held_since = None;
     }
 
     /// Whether the packet just admitted began a new run at a keyframe (a layer switch, a new source, a resume)
@@ -665,6 +707,74 @@ mod tests {
             Admit::Forward { seq, .. } => seq,
             skip => panic!("not forwarded: {skip:?}"),
         }
+    }
+
+    #[test]
+    fn a_bandwidth_cap_holds_the_current_layer_back_until_the_lower_keyframe_or_a_second() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let (f, h) = (Some("f"), Some("h"));
+        let (rf, rh) = (Some(Rid::from("f")), Some(Rid::from("h")));
+        let mut st = LayerState::default();
+        let Admit::Forward { seq: s0, .. } = st.admit(&packet(f, 10, 0, t0, true), rf) else {
+            panic!("the full layer starts");
+        };
+        // The estimate falls below the full layer: it stops at once, while the half layer's keyframe is awaited.
+        st.cap_to(1, ms(5), Duration::ZERO);
+        assert_eq!(
+            st.admit(&packet(f, 11, 90, ms(10), false), rh),
+            Admit::Skip(true)
+        );
+        assert_eq!(
+            st.admit(&packet(h, 50, 0, ms(20), false), rh),
+            Admit::Skip(true)
+        );
+        let Admit::Forward { seq: s1, .. } = st.admit(&packet(h, 51, 90, ms(30), true), rh) else {
+            panic!("the half layer's keyframe switches");
+        };
+        assert_eq!(s1, s0 + 1, "no gap for the held-back packets");
+        assert!(st.take_rebased());
+        // Going down again with no keyframe of the lower layer for a second: the current layer comes back.
+        st.cap_to(0, ms(100), Duration::ZERO);
+        let q = Some(Rid::from("q"));
+        assert_eq!(
+            st.admit(&packet(h, 52, 180, ms(600), false), q),
+            Admit::Skip(true)
+        );
+        assert!(matches!(
+            st.admit(&packet(h, 53, 270, ms(1200), false), q),
+            Admit::Forward { .. }
+        ));
+        // With a queue to drain: nothing at all for that long, not even the lower layer's keyframe.
+        let mut st = LayerState::default();
+        st.admit(&packet(f, 10, 0, t0, true), rf.clone());
+        st.cap_to(1, ms(0), Duration::from_millis(300));
+        assert_eq!(
+            st.admit(&packet(f, 11, 90, ms(100), false), rh.clone()),
+            Admit::Skip(false)
+        );
+        assert_eq!(
+            st.admit(&packet(h, 60, 0, ms(200), true), rh.clone()),
+            Admit::Skip(false)
+        );
+        assert_eq!(
+            st.admit(&packet(f, 12, 180, ms(310), false), rh.clone()),
+            Admit::Skip(true)
+        );
+        assert!(matches!(
+            st.admit(&packet(h, 61, 90, ms(320), true), rh.clone()),
+            Admit::Forward { .. }
+        ));
+        assert_eq!(st.current, rh);
+        // A higher cap never holds anything back.
+        let mut st = LayerState::default();
+        st.cap = 0;
+        st.admit(&packet(Some("q"), 1, 0, t0, true), q.clone());
+        st.cap_to(2, ms(1), Duration::from_millis(300));
+        assert!(matches!(
+            st.admit(&packet(Some("q"), 2, 90, ms(2), false), rf),
+            Admit::Forward { .. }
+        ));
     }
 
     #[test]
