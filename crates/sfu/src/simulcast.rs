@@ -747,29 +747,31 @@ mod tests {
         ));
         // With a queue to drain: nothing at all for that long, not even the lower layer's keyframe.
         let mut st = LayerState::default();
-        st.admit(&packet(f, 10, 0, t0, true), rf.clone());
+        st.admit(&packet(f, 10, 0, t0, true), rf);
         st.cap_to(1, ms(0), Duration::from_millis(300));
         assert_eq!(
-            st.admit(&packet(f, 11, 90, ms(100), false), rh.clone()),
+            st.admit(&packet(f, 11, 90, ms(100), false), rh),
             Admit::Skip(false)
         );
         assert_eq!(
-            st.admit(&packet(h, 60, 0, ms(200), true), rh.clone()),
+            st.admit(&packet(h, 60, 0, ms(200), true), rh),
             Admit::Skip(false)
         );
         assert_eq!(
-            st.admit(&packet(f, 12, 180, ms(310), false), rh.clone()),
+            st.admit(&packet(f, 12, 180, ms(310), false), rh),
             Admit::Skip(true)
         );
         assert!(matches!(
-            st.admit(&packet(h, 61, 90, ms(320), true), rh.clone()),
+            st.admit(&packet(h, 61, 90, ms(320), true), rh),
             Admit::Forward { .. }
         ));
         assert_eq!(st.current, rh);
         // A higher cap never holds anything back.
-        let mut st = LayerState::default();
-        st.cap = 0;
-        st.admit(&packet(Some("q"), 1, 0, t0, true), q.clone());
+        let mut st = LayerState {
+            cap: 0,
+            ..Default::default()
+        };
+        st.admit(&packet(Some("q"), 1, 0, t0, true), q);
         st.cap_to(2, ms(1), Duration::from_millis(300));
         assert!(matches!(
             st.admit(&packet(Some("q"), 2, 90, ms(2), false), rf),
