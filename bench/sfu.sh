@@ -17,6 +17,7 @@
 #      like Chromium's, at 2.5 x BITRATE in bursts of at most 5 ms worth; 0: each frame leaves as one burst),
 #      JANUS=0 to skip Janus, SFU_ENV extra environment for `switchboard serve`
 #      (e.g. "SWITCHBOARD_SFU_BANDWIDTH_ESTIMATION=false"), RESULTS json-lines output file,
+#      SERVER_CPUS / GEN_CPUS pin the server (Switchboard or Janus) / the load generator to these CPUs (taskset),
 #      BASELINE_BIN another `switchboard` build (e.g. of an older commit) served side by side as "baseline"
 #      (the load generator is always SWITCHBOARD_BIN's).
 set -euo pipefail
@@ -30,6 +31,9 @@ JANUS=${JANUS:-1}
 SFU_ENV=${SFU_ENV:-}
 BIN=${SWITCHBOARD_BIN:-}
 BASELINE_BIN=${BASELINE_BIN:-}
+# Optional CPU pinning (taskset lists, e.g. SERVER_CPUS=0 GEN_CPUS=1: the server on one core, the generator on the other).
+SERVER_PIN=(); [[ -n "${SERVER_CPUS:-}" ]] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+GEN_PIN=(); [[ -n "${GEN_CPUS:-}" ]] && GEN_PIN=(taskset -c "$GEN_CPUS")
 
 [[ $(id -u) == 0 ]] || { echo "bench/sfu.sh needs root (network namespace)" >&2; exit 1; }
 for t in jq curl; do command -v $t >/dev/null || apt-get install -y $t >&2; done
@@ -76,7 +80,7 @@ delay_ms() { # $1: a quantile, $2: a /metrics text -> sfu_forward_delay_seconds 
 start_switchboard() { # $1: the binary
   # `ip netns exec` execs the command: $! is the server itself.
   env SWITCHBOARD_ROOMS_DEFAULT_MODE=sfu SWITCHBOARD_ROOMS_MAX_PARTICIPANTS=2000 RUST_LOG=warn $SFU_ENV \
-    ip netns exec "$NS" "$1" serve --http 127.0.0.1:18080 --sfu-port 0 --no-turn >"$WORK/sb.out" 2>"$WORK/sb.err" &
+    ip netns exec "$NS" "${SERVER_PIN[@]}" "$1" serve --http 127.0.0.1:18080 --sfu-port 0 --no-turn >"$WORK/sb.out" 2>"$WORK/sb.err" &
   SERVER_PID=$!
   for _ in $(seq 100); do grep -q "listening http" "$WORK/sb.out" 2>/dev/null && return 0; sleep 0.1; done
   echo "switchboard serve did not start:" >&2; cat "$WORK/sb.err" >&2; exit 1
@@ -135,7 +139,7 @@ JCFG
 }
 
 start_janus() {
-  ip netns exec "$NS" janus -F "$WORK/janus" -C "$WORK/janus/janus.jcfg" -o >"$WORK/janus.log" 2>&1 &
+  ip netns exec "$NS" "${SERVER_PIN[@]}" janus -F "$WORK/janus" -C "$WORK/janus/janus.jcfg" -o >"$WORK/janus.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 100); do
     in_ns curl -sf http://127.0.0.1:18088/janus/info >/dev/null 2>&1 && return 0
@@ -155,7 +159,7 @@ run_load() { # $1 target, $2 publishers, $3 subscribers
   fi
   sleep 0.5
   local out
-  if out=$(RUST_LOG=warn timeout 300 ip netns exec "$NS" "$BIN" bench sfu "${args[@]}" --publishers "$p" \
+  if out=$(RUST_LOG=warn timeout 300 ip netns exec "$NS" "${GEN_PIN[@]}" "$BIN" bench sfu "${args[@]}" --publishers "$p" \
       --subscribers "$n" --duration "$DURATION" --bitrate "$BITRATE" --pacing-factor "$PACING" --server-pid "$SERVER_PID" 2>"$WORK/bench.err"); then
     # Switchboard's own forwarding delay (kernel receive of a datagram → what it caused handed back to the kernel),
     # from its /metrics summary: the server's added latency without the load generator's.
