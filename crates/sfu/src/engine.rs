@@ -30,7 +30,7 @@ use str0m::rtp::{
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::data::{self, DataOut, Sent};
-use crate::simulcast::{self, Admit, LayerState, Layers, LossEstimator, PacketPos};
+use crate::simulcast::{self, Admit, Congestion, LayerState, Layers, LossEstimator, PacketPos};
 use crate::tcp::TcpEvent;
 use crate::udp::{RecvBatch, SendBatch};
 use std::os::fd::{AsRawFd, RawFd};
@@ -58,8 +58,6 @@ const RTX_CACHE_PACKETS: usize = 1000;
 const RTX_CACHE_AGE: Duration = Duration::from_millis(1500);
 const RTX_RATIO_CAP: f32 = 0.15;
 const RTX_RATIO_CAP_CONGESTED: f32 = 0.05;
-/// A downlink whose round trip is this much above its floor has a queue building up: congested.
-const CONGESTED_RTT_RISE: Duration = Duration::from_millis(100);
 /// Most publishers a subscriber keeps wishes about (the room size bounds it anyway).
 const MAX_PREFS: usize = 1024;
 /// Audio frames at or below this level (dBov, RFC 6464) count as silence.
@@ -317,13 +315,10 @@ struct Client {
     egress_loss: Option<f32>,
     /// The stats of a second are being polled: report them to the estimator when the poll is done.
     report_due: bool,
-    /// The longest round trip reported for a video stream since the last report, the floor of those values, and
-    /// whether the downlink looks congested (heavy loss or a rising round trip).
+    /// The longest round trip reported for a video stream since the last report.
     egress_rtt: Option<Duration>,
-    rtt_floor: Option<Duration>,
-    congested: bool,
-    /// How much longer than its floor the last reported round trip was: the delay a queue on the way adds.
-    queue_delay: Duration,
+    /// Whether the downlink looks congested, and the delay its queue adds.
+    congestion: Congestion,
     queued: bool,
     /// Packets were written to its `Rtc` since it was last polled (str0m sends them on a timeout input).
     wrote: bool,
@@ -667,29 +662,10 @@ impl Client {
         let loss = self.egress_loss.take();
         let rtt = self.egress_rtt.take();
         trace!(participant = %self.participant, bytes_out = self.bytes_out, ?loss, ?rtt, "downlink report");
-        // Congested: heavy loss, or a queue building up on the way (the round trip well above its floor, which
-        // rises by 1 ms a report so that a longer route becomes the new floor).
-        if let Some(rtt) = rtt {
-            self.rtt_floor = Some(
-                self.rtt_floor
-                    .map_or(rtt, |f| rtt.min(f + Duration::from_millis(1))),
-            );
-        }
-        // Congestion begins at heavy loss or a rise of the round trip by CONGESTED_RTT_RISE, and lasts until the
-        // loss is moderate again (random loss alone is no congestion) and the rise below half that.
-        let rise = rtt
-            .zip(self.rtt_floor)
-            .map_or(Duration::ZERO, |(rtt, floor)| rtt.saturating_sub(floor));
-        self.queue_delay = rise;
-        let heavy = loss.is_some_and(|l| l > simulcast::LOSS_HIGH);
-        let congested = if self.congested {
-            heavy || rise > CONGESTED_RTT_RISE / 2
-        } else {
-            heavy || rise > CONGESTED_RTT_RISE
-        };
-        if congested != self.congested {
-            debug!(participant = %self.participant, congested, ?loss, ?rtt, floor = ?self.rtt_floor, "downlink congestion");
-            self.congested = congested;
+        let was = self.congestion.congested();
+        let congested = self.congestion.report(rtt);
+        if congested != was {
+            debug!(participant = %self.participant, congested, ?loss, ?rtt, queue_delay = ?self.congestion.queue_delay(), "downlink congestion");
             // Resends share the congested link with the media: fewer of them while it is.
             let cap = self.rtx_ratio_cap();
             for t in &mut self.tracks_out {
@@ -714,7 +690,7 @@ impl Client {
     /// The share of resends in what is sent to this subscriber ([`RTX_RATIO_CAP`], less while its link is
     /// congested).
     fn rtx_ratio_cap(&self) -> f32 {
-        if self.congested {
+        if self.congestion.congested() {
             RTX_RATIO_CAP_CONGESTED
         } else {
             RTX_RATIO_CAP
@@ -1910,7 +1886,7 @@ impl Engine {
             if let Some(t) = s.tracks_out.get_mut(i) {
                 debug!(participant = %s.participant, estimate, from = t.layers.cap, to = cap, "bandwidth caps a simulcast track");
                 metrics::counter!("sfu_bandwidth_layer_changes_total").increment(1);
-                t.layers.cap_to(cap, now, s.queue_delay);
+                t.layers.cap_to(cap, now, s.congestion.queue_delay());
             }
         }
         self.mark(sid);
@@ -2038,9 +2014,7 @@ impl Engine {
             egress_loss: None,
             report_due: false,
             egress_rtt: None,
-            rtt_floor: None,
-            congested: false,
-            queue_delay: Duration::ZERO,
+            congestion: Congestion::default(),
             queued: false,
             wrote: false,
             adapt,

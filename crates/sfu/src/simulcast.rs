@@ -12,7 +12,9 @@
 //! Bandwidth: the SFU measures each layer's bitrate ([`Layers::bitrate`]) and caps what a subscriber gets by
 //! an estimate of its downlink ([`LossEstimator`], from the loss in its receiver reports, bounded by REMB when the browser
 //! sends it; see [`fit`]): the forwarded rank is the lower of the wanted quality and that cap
-//! ([`LayerState::target`]).
+//! ([`LayerState::target`]). When the cap goes down, the layer that no longer fits stops at once and nothing is
+//! forwarded while the link's queue drains ([`LayerState::cap_to`], the delay from [`Congestion`]), so that the
+//! lower layer's keyframe is not lost behind it.
 
 use std::time::{Duration, Instant};
 
@@ -151,7 +153,7 @@ pub(crate) fn fit(
 }
 
 /// Loss above this (fraction of packets, from RTCP receiver reports) means the downlink is overloaded.
-pub(crate) const LOSS_HIGH: f32 = 0.10;
+const LOSS_HIGH: f32 = 0.10;
 /// Loss below this means there may be room for more.
 const LOSS_LOW: f32 = 0.02;
 /// Growth of the estimate per loss-free report (percent).
@@ -253,6 +255,50 @@ impl LossEstimator {
             }
         }
         (self.estimate != before).then_some(self.estimate).flatten()
+    }
+}
+
+/// A downlink whose round trip is this much above its floor has a queue building up.
+const CONGESTED_RTT_RISE: Duration = Duration::from_millis(100);
+/// The floor of the round trip rises by this much per report, so that a longer route becomes the new floor.
+const FLOOR_CREEP: Duration = Duration::from_millis(1);
+
+/// Whether a subscriber's downlink is congested, from its once-a-second reports: a queue builds up on the way
+/// (the round trip [`CONGESTED_RTT_RISE`] above its floor), until the rise is below half that. Loss alone is no
+/// congestion: random loss (a radio link) does not grow a queue, and heavy loss from a full one does.
+#[derive(Default)]
+pub(crate) struct Congestion {
+    floor: Option<Duration>,
+    congested: bool,
+    queue_delay: Duration,
+}
+
+impl Congestion {
+    /// A report: the longest round trip of the subscriber's video streams since the last one. Returns whether
+    /// the downlink is congested now.
+    pub fn report(&mut self, rtt: Option<Duration>) -> bool {
+        if let Some(rtt) = rtt {
+            self.floor = Some(self.floor.map_or(rtt, |f| rtt.min(f + FLOOR_CREEP)));
+        }
+        self.queue_delay = rtt
+            .zip(self.floor)
+            .map_or(Duration::ZERO, |(rtt, floor)| rtt.saturating_sub(floor));
+        let rise = if self.congested {
+            CONGESTED_RTT_RISE / 2
+        } else {
+            CONGESTED_RTT_RISE
+        };
+        self.congested = self.queue_delay > rise;
+        self.congested
+    }
+
+    pub fn congested(&self) -> bool {
+        self.congested
+    }
+
+    /// How much longer than its floor the last reported round trip was: the delay a queue on the way adds.
+    pub fn queue_delay(&self) -> Duration {
+        self.queue_delay
     }
 }
 
@@ -856,6 +902,36 @@ mod tests {
             step(&mut e, 500_000, 0.05, &mut t);
         }
         assert_eq!(e.estimate(), held);
+    }
+
+    #[test]
+    fn congestion_is_a_rising_round_trip_until_it_is_half_down() {
+        let ms = Duration::from_millis;
+        let mut c = Congestion::default();
+        assert!(!c.report(Some(ms(20))), "the first round trip is the floor");
+        assert!(!c.report(Some(ms(90))), "70 ms above: not yet");
+        assert!(c.report(Some(ms(300))), "a queue builds up");
+        assert!(
+            c.queue_delay() > ms(270) && c.queue_delay() < ms(280),
+            "{:?}",
+            c.queue_delay()
+        );
+        assert!(c.report(Some(ms(450))));
+        assert!(c.report(Some(ms(80))), "still over 50 ms above the floor");
+        assert!(!c.report(Some(ms(40))), "drained: over");
+        assert!(
+            !c.report(None),
+            "no round trip reported: nothing says congested"
+        );
+        assert_eq!(c.queue_delay(), Duration::ZERO);
+        // A longer route: the floor creeps up to it, and the queue delay back down.
+        let mut c = Congestion::default();
+        c.report(Some(ms(10)));
+        for _ in 0..200 {
+            c.report(Some(ms(160)));
+        }
+        assert!(!c.congested());
+        assert_eq!(c.queue_delay(), Duration::ZERO);
     }
 
     #[test]
