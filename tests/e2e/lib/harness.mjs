@@ -144,6 +144,7 @@ async function spawnServer(cmd, args, env, timeoutMs) {
         const line = stripAnsi(buf[which].slice(0, i));
         buf[which] = buf[which].slice(i + 1);
         sp.log.push(line);
+        if (process.env.E2E_SERVER_LOG) fs.appendFileSync(process.env.E2E_SERVER_LOG, `${line}\n`);
         if (sp.log.length > 5000) sp.log.splice(0, 2500);
         const m = which === 'stdout' && line.match(/listening http (http:\/\/127\.0\.0\.1:\d+)/);
         if (m) resolve(m[1]);
