@@ -881,13 +881,30 @@ fn keyframe_label(kind: KeyframeRequestKind) -> &'static str {
     }
 }
 
-/// Whether two SDP offers are the same offer, sent again: equal but for ICE candidates gathered in between (a
-/// browser re-sending `localDescription` includes the candidates trickled since).
+/// Whether two SDP offers are the same offer, sent again: equal but for what ICE gathering changed in between (a
+/// browser re-sending `localDescription` includes the candidates trickled since, and the default candidate's
+/// port in its `m=` lines, `c=` and `a=rtcp:`). Taking such a repeat for a new offer would roll back the SFU's
+/// pending offer, which the participant may be answering already: both sides then disagree on the m-lines, and
+/// every later offer of the SFU fails at the participant.
 fn same_offer(a: &str, b: &str) -> bool {
-    fn lines(s: &str) -> impl Iterator<Item = &str> {
+    fn lines(s: &str) -> impl Iterator<Item = (&str, &str)> {
         s.lines()
             .map(str::trim_end)
-            .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
+            .filter(|l| {
+                !l.starts_with("a=candidate:")
+                    && *l != "a=end-of-candidates"
+                    && !l.starts_with("c=")
+                    && !l.starts_with("a=rtcp:")
+            })
+            .map(|l| match l.strip_prefix("m=") {
+                // "m=<media> <port> <proto> <fmt>...": everything but the port.
+                Some(m) => {
+                    let (media, rest) = m.split_once(' ').unwrap_or((m, ""));
+                    let rest = rest.split_once(' ').map_or("", |(_, r)| r);
+                    (media, rest)
+                }
+                None => (l, ""),
+            })
     }
     a == b || lines(a).eq(lines(b))
 }
@@ -2381,6 +2398,16 @@ mod tests {
         );
         let more = first.replace("a=mid:0\r\n", "a=mid:0\r\na=sendrecv\r\n");
         assert!(!same_offer(first, &more));
+        // Chromium's localDescription after gathering: the default candidate in m=, c= and a=rtcp:.
+        let gathered = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\nm=audio 51234 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 192.0.2.1\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=mid:0\r\na=ice-ufrag:abcd\r\na=candidate:1 1 udp 2122260223 192.0.2.1 51234 typ host\r\n";
+        assert!(same_offer(first, gathered));
+        let codec = gathered.replace("SAVPF 111", "SAVPF 111 63");
+        assert!(
+            !same_offer(first, &codec),
+            "another format list: a new offer"
+        );
+        let kind = gathered.replace("m=audio", "m=video");
+        assert!(!same_offer(first, &kind));
     }
 
     #[test]
