@@ -25,7 +25,7 @@ use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, TcpType};
 use str0m::rtp::{
-    ExtensionValues, RtpPacket, RtpWrite, VideoOrientation, Vp8Descriptor, Vp8PatchError,
+    ExtensionValues, RtpPacket, RtpWrite, StreamTx, VideoOrientation, Vp8Descriptor, Vp8PatchError,
 };
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
@@ -671,7 +671,7 @@ impl Client {
             for t in &mut self.tracks_out {
                 if let (Some(mid), MediaKind::Video) = (t.open_mid(), t.kind) {
                     if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(mid, None) {
-                        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(cap));
+                        new_rtx_buffer(tx, cap, false);
                         t.rtx_sized = Some(mid);
                     }
                 }
@@ -864,6 +864,16 @@ fn poll_client(c: &mut Client, now: Instant, sink: &mut PollSink) {
     if sink.out.len() >= FLUSH_AT {
         sink.out.flush(sink.fd);
     }
+}
+
+/// Gives a subscriber's video send stream an empty retransmission buffer ([`RTX_CACHE_PACKETS`],
+/// [`RTX_CACHE_AGE`]) whose resends may take `cap` of what is sent. With `fresh_share` the share is counted anew
+/// (str0m keeps counting across a new buffer unless the cap is switched off in between).
+fn new_rtx_buffer(tx: &mut StreamTx, cap: f32, fresh_share: bool) {
+    if fresh_share {
+        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
+    }
+    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(cap));
 }
 
 fn kind_label(kind: Option<MediaKind>) -> &'static str {
@@ -1546,8 +1556,7 @@ impl Engine {
                 }
                 if (rebased || t.rtx_sized != Some(mid)) && t.kind == MediaKind::Video {
                     // The resend share starts again too: the old layer's resends must not stop the keyframe's.
-                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, None);
-                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(cap));
+                    new_rtx_buffer(tx, cap, true);
                     t.rtx_sized = Some(mid);
                 }
                 let mut write =
