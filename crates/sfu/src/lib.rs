@@ -89,6 +89,37 @@ impl Default for SfuConfig {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_engine_task_is_reported_with_its_message() {
+        let rx = watch_task(tokio::spawn(async {
+            tokio::task::yield_now().await;
+            panic!("boom at packet 7");
+        }));
+        let mut rx2 = rx.clone();
+        let why = rx2
+            .wait_for(Option::is_some)
+            .await
+            .expect("reported")
+            .clone();
+        assert_eq!(
+            why.as_deref(),
+            Some("the engine panicked: boom at packet 7")
+        );
+        let running = watch_task(tokio::spawn(std::future::pending::<()>()));
+        let mut ended = watch_task(tokio::spawn(async {}));
+        assert!(
+            ended.changed().await.is_err(),
+            "a task that ends normally is no failure"
+        );
+        assert!(ended.borrow().is_none());
+        assert!(running.borrow().is_none(), "a running task is not reported");
+    }
+}
+
 /// Errors starting the SFU.
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -121,11 +152,37 @@ fn socket_buffers(socket: &tokio::net::UdpSocket) {
     }
 }
 
+/// Watches a spawned task: the receiver turns `Some(reason)` if it panics (with the panic's message) or is
+/// cancelled; it stays `None` if the task ends normally.
+fn watch_task(task: tokio::task::JoinHandle<()>) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let why = match task.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_string());
+                tracing::error!("the SFU engine panicked: {msg}");
+                format!("the engine panicked: {msg}")
+            }
+            Err(e) => format!("the engine was cancelled: {e}"),
+        };
+        let _ = tx.send(Some(why));
+    });
+    rx
+}
+
 /// A running SFU.
 pub struct Sfu {
     udp: SocketAddr,
     tcp: Option<SocketAddr>,
     tx: mpsc::UnboundedSender<engine::Command>,
+    /// Why the engine stopped, once it has (`None` while it runs).
+    stopped: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Sfu {
@@ -196,13 +253,39 @@ impl Sfu {
         }
         let engine = engine::Engine::new(socket, udp, candidates, rx, &config, tcp)
             .map_err(SfuError::Config)?;
-        tokio::spawn(engine.run());
+        let stopped = watch_task(tokio::spawn(engine.run()));
         tracing::info!(%udp, tcp = ?tcp_addr, "SFU started");
         Ok(Arc::new(Sfu {
             udp,
             tcp: tcp_addr,
             tx,
+            stopped,
         }))
+    }
+
+    /// Resolves if the SFU's engine fails (a bug: it panicked), with the reason; never if it runs or stops as
+    /// asked. A server
+    /// should exit then, so that its supervisor restarts it, rather than run on without its media plane.
+    ///
+    /// ```no_run
+    /// # async fn f(sfu: std::sync::Arc<sfu::Sfu>) {
+    /// let why = sfu.failed().await;
+    /// eprintln!("the SFU failed: {why}");
+    /// std::process::exit(1);
+    /// # }
+    /// ```
+    pub async fn failed(&self) -> String {
+        let mut rx = self.stopped.clone();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|w| w.clone());
+        match why {
+            Some(why) => why,
+            // It stopped as asked (the server shuts down): no failure.
+            None => std::future::pending().await,
+        }
     }
 
     /// The bound media UDP address.

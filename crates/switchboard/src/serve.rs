@@ -191,6 +191,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         dev,
     };
     let mut app = router(state).merge(signal.router());
+    let mut media_server = None;
     if config.sfu.enabled {
         let sfu = sfu::Sfu::start(config.sfu.clone())
             .await
@@ -201,6 +202,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         signal.hub().set_media_server(sfu.clone());
         app = app.merge(sfu.router(keys));
+        media_server = Some(sfu);
     }
 
     let tcp = tokio::net::TcpListener::bind(listen)
@@ -236,21 +238,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
-    match tls {
-        // Signaling messages are small and latency-bound: no Nagle delay.
-        None => axum::serve(
-            tcp.tap_io(|io| {
-                let _ = io.set_nodelay(true);
-            }),
-            app,
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")?,
-        Some(cfg) => axum::serve(crate::tls::TlsListener::new(tcp, cfg)?, app)
+    let serving = async {
+        match tls {
+            // Signaling messages are small and latency-bound: no Nagle delay.
+            None => axum::serve(
+                tcp.tap_io(|io| {
+                    let _ = io.set_nodelay(true);
+                }),
+                app,
+            )
             .with_graceful_shutdown(shutdown)
             .await
-            .context("HTTPS server failed")?,
+            .context("HTTP server failed"),
+            Some(cfg) => axum::serve(crate::tls::TlsListener::new(tcp, cfg)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("HTTPS server failed"),
+        }
+    };
+    // The SFU's engine only stops on a bug: exit (non-zero) so that a supervisor restarts the whole server,
+    // rather than serve rooms without their media plane.
+    let sfu_failed = async {
+        match &media_server {
+            Some(sfu) => sfu.failed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = serving => r?,
+        why = sfu_failed => bail!("the SFU failed ({why}): exiting"),
     }
     if let Some(t) = turn_server {
         t.shutdown().await;
