@@ -72,3 +72,48 @@ async fn unspecified_listen_ip_needs_a_public_ip() {
     .expect("starts with a public ip");
     assert_eq!(ok.udp_addr().ip().to_string(), "0.0.0.0");
 }
+
+#[tokio::test]
+async fn one_dual_stack_port_serves_an_ipv4_publisher_and_an_ipv6_viewer() {
+    let server = Server::with(SfuConfig {
+        listen_ip: "::".parse().expect("ip"),
+        udp_port: 0,
+        public_ip: vec!["127.0.0.1".parse().expect("ip"), "::1".parse().expect("ip")],
+        ..SfuConfig::default()
+    })
+    .await;
+    let token = server.token("pub", "r6");
+    let (mut publisher, _, answer) = server
+        .session_from(
+            "127.0.0.1".parse().expect("ip"),
+            Direction::SendOnly,
+            "r6",
+            &token,
+        )
+        .await;
+    assert!(
+        answer.contains(" 127.0.0.1 ") && answer.contains(" ::1 "),
+        "candidates for both public addresses: {answer}"
+    );
+    let (mut viewer, _, _) = server
+        .session_from(
+            "::1".parse().expect("ip"),
+            Direction::RecvOnly,
+            "r6",
+            &token,
+        )
+        .await;
+    let got = pump(
+        &mut publisher,
+        &mut [&mut viewer],
+        20,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(publisher.connected, "the IPv4 publisher connected");
+    assert!(
+        got[0] >= 20,
+        "the IPv6 viewer received {} frames from the IPv4 publisher",
+        got[0]
+    );
+}

@@ -94,12 +94,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
-        let sfu = Sfu::start(SfuConfig {
+        Server::with(SfuConfig {
             udp_port: 0,
             ..SfuConfig::default()
         })
         .await
-        .expect("SFU starts");
+    }
+
+    pub async fn with(config: SfuConfig) -> Server {
+        let sfu = Sfu::start(config).await.expect("SFU starts");
         let key = TokenKey::new("k", "secret");
         let app = sfu.router(KeySet::new(vec![key.clone()]));
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -127,7 +130,19 @@ impl Server {
         room: &str,
         token: &str,
     ) -> (Peer, String, String) {
-        let (mut peer, offer, pending) = Peer::new(kind).await;
+        self.session_from("127.0.0.1".parse().expect("ip"), kind, room, token)
+            .await
+    }
+
+    /// [`Server::session`] for a peer on `ip`.
+    pub async fn session_from(
+        &self,
+        ip: std::net::IpAddr,
+        kind: Direction,
+        room: &str,
+        token: &str,
+    ) -> (Peer, String, String) {
+        let (mut peer, offer, pending) = Peer::on(ip, kind).await;
         let path = match kind {
             Direction::SendOnly => format!("/whip/{room}"),
             _ => format!("/whep/{room}"),
@@ -152,7 +167,12 @@ pub struct Peer {
 
 impl Peer {
     pub async fn new(kind: Direction) -> (Peer, String, SdpPendingOffer) {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        Peer::on("127.0.0.1".parse().expect("ip"), kind).await
+    }
+
+    /// A peer with one host candidate on `ip`.
+    pub async fn on(ip: std::net::IpAddr, kind: Direction) -> (Peer, String, SdpPendingOffer) {
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await.expect("bind");
         let addr = sock.local_addr().expect("addr");
         let mut rtc = Rtc::builder().build(Instant::now());
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
