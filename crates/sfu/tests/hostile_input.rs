@@ -164,6 +164,9 @@ async fn send_tcp_junk(to: SocketAddr, forged: &[u8]) -> Vec<TcpStream> {
     idle
 }
 
+/// An HTTP request and the status it must get: method, path, bearer token, content type, body, status.
+type Case<'a> = (&'a str, String, Option<&'a str>, &'a str, Vec<u8>, u16);
+
 #[tokio::test]
 async fn junk_on_the_media_ports_and_bad_whip_requests_leave_a_live_session_untouched() {
     let server = Server::start().await;
@@ -182,7 +185,7 @@ async fn junk_on_the_media_ports_and_bad_whip_requests_leave_a_live_session_unto
     // HTTP: each malformed request gets its own clear 4xx.
     let h = server.http;
     let sdp = "application/sdp";
-    let cases: Vec<(&str, String, Option<&str>, &str, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/whip/r1".into(),
