@@ -803,6 +803,82 @@ fn vp8_patch(
     }
 }
 
+/// ICE-TCP connections' outboxes, by client address (shared with the fan-out thread).
+type TcpConns = HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>;
+
+/// A batch of the parallel fan-out for its thread: the clients it polls (moved out of the engine's map until
+/// it returns them) and what their polls produce. One job goes back and forth, so its buffers are reused.
+struct FanOutJob {
+    clients: Vec<Box<Client>>,
+    out: SendBatch,
+    props: VecDeque<Prop>,
+    dead: Vec<ClientId>,
+    tcp: Option<Arc<TcpConns>>,
+    now: Instant,
+    fd: RawFd,
+}
+
+/// The thread that polls half of a large fan-out ([`PARALLEL_AT`] clients or more), started once (a thread per
+/// batch cost ~3 % of the server's CPU, and its start delayed that half).
+struct FanOut {
+    jobs: std::sync::mpsc::Sender<Box<FanOutJob>>,
+    done: std::sync::mpsc::Receiver<Box<FanOutJob>>,
+    /// The job, while the engine holds it.
+    idle: Option<Box<FanOutJob>>,
+}
+
+impl FanOut {
+    fn start(gso: bool) -> std::io::Result<FanOut> {
+        let (jobs, todo) = std::sync::mpsc::channel::<Box<FanOutJob>>();
+        let (back, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("sfu-fan-out".into())
+            .spawn(move || {
+                // Ends when the engine (the jobs' sender) is gone.
+                for mut job in todo {
+                    let tcp = job.tcp.take().unwrap_or_default();
+                    let FanOutJob {
+                        clients,
+                        out,
+                        props,
+                        dead,
+                        now,
+                        fd,
+                        ..
+                    } = &mut *job;
+                    let mut sink = PollSink {
+                        fd: *fd,
+                        out,
+                        tcp: &tcp,
+                        props,
+                        dead,
+                    };
+                    for c in clients.iter_mut() {
+                        poll_client(c, *now, &mut sink);
+                    }
+                    out.flush(*fd);
+                    job.tcp = Some(tcp);
+                    if back.send(job).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(FanOut {
+            jobs,
+            done,
+            idle: Some(Box::new(FanOutJob {
+                clients: Vec::new(),
+                out: SendBatch::new(gso),
+                props: VecDeque::new(),
+                dead: Vec::new(),
+                tcp: None,
+                now: Instant::now(),
+                fd: -1,
+            })),
+        })
+    }
+}
+
 /// Where a polled client's output goes.
 struct PollSink<'a> {
     fd: RawFd,
@@ -935,12 +1011,8 @@ pub(crate) struct Engine {
     fd: RawFd,
     /// Datagrams of the current wake-up, sent when it ends (or when [`FLUSH_AT`] wait).
     out: SendBatch,
-    /// The second thread's batch, events and closed clients while polling in parallel.
-    out2: SendBatch,
-    props2: VecDeque<Prop>,
-    dead2: Vec<ClientId>,
-    /// `sfu.parallel-fan-out`, and more than one core.
-    parallel: bool,
+    /// `sfu.parallel-fan-out`, and more than one core: the thread that polls half of a large fan-out.
+    fan_out: Option<FanOut>,
     /// Destination of received datagrams, as str0m knows our candidates.
     destination: SocketAddr,
     candidates: Vec<Candidate>,
@@ -948,8 +1020,9 @@ pub(crate) struct Engine {
     /// ICE-TCP: packets from the TCP side, the address of our TCP candidate, each connection's outbox.
     tcp_rx: Option<mpsc::Receiver<TcpEvent>>,
     tcp_destination: Option<SocketAddr>,
-    tcp_conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    clients: HashMap<ClientId, Client>,
+    tcp_conns: Arc<TcpConns>,
+    /// Boxed: a parallel fan-out lends half of them to its thread by moving the boxes.
+    clients: HashMap<ClientId, Box<Client>>,
     next_id: ClientId,
     by_addr: HashMap<SocketAddr, ClientId>,
     by_ufrag: HashMap<String, ClientId>,
@@ -1024,18 +1097,20 @@ impl Engine {
         Ok(Engine {
             fd: socket.as_raw_fd(),
             out: SendBatch::new(config.udp_gso),
-            out2: SendBatch::new(config.udp_gso),
-            props2: VecDeque::new(),
-            dead2: Vec::new(),
-            parallel: config.parallel_fan_out
-                && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
+            fan_out: (config.parallel_fan_out
+                && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+            .then(|| FanOut::start(config.udp_gso))
+            .and_then(|r| {
+                r.map_err(|e| warn!("no parallel fan-out: cannot start its thread: {e}"))
+                    .ok()
+            }),
             socket: Arc::new(socket),
             destination,
             candidates,
             rx: Some(rx),
             tcp_destination: tcp_port.map(|port| SocketAddr::new(destination.ip(), port)),
             tcp_rx: tcp.map(|(_, rx)| rx),
-            tcp_conns: HashMap::new(),
+            tcp_conns: Arc::new(HashMap::new()),
             clients: HashMap::new(),
             next_id: 1,
             by_addr: HashMap::new(),
@@ -1284,7 +1359,7 @@ impl Engine {
     fn on_tcp(&mut self, ev: TcpEvent, now: Instant) {
         match ev {
             TcpEvent::Opened(addr, out) => {
-                self.tcp_conns.insert(addr, out);
+                Arc::make_mut(&mut self.tcp_conns).insert(addr, out);
             }
             TcpEvent::Packet(addr, data) => {
                 if let Some(dest) = self.tcp_destination {
@@ -1292,7 +1367,7 @@ impl Engine {
                 }
             }
             TcpEvent::Closed(addr) => {
-                self.tcp_conns.remove(&addr);
+                Arc::make_mut(&mut self.tcp_conns).remove(&addr);
             }
         }
     }
@@ -1364,7 +1439,7 @@ impl Engine {
             if self.dirty.is_empty() {
                 break;
             }
-            if self.parallel && self.dirty.len() >= PARALLEL_AT {
+            if self.fan_out.is_some() && self.dirty.len() >= PARALLEL_AT {
                 self.poll_parallel();
                 continue;
             }
@@ -1401,40 +1476,69 @@ impl Engine {
     /// Polls every marked client, half of them on a second thread: a large fan-out's SRTP and sends are
     /// spread over two cores, so its last subscriber waits about half as long.
     fn poll_parallel(&mut self) {
-        self.dirty.clear();
+        let Some(mut job) = self.fan_out.as_mut().and_then(|f| f.idle.take()) else {
+            return;
+        };
         let now = Instant::now();
-        let mut marked: Vec<&mut Client> = self.clients.values_mut().filter(|c| c.queued).collect();
-        let half = marked.len() / 2;
-        let (theirs, ours) = marked.split_at_mut(half);
-        let fd = self.fd;
-        let tcp = &self.tcp_conns;
-        let mut other = PollSink {
-            fd,
-            out: &mut self.out2,
-            tcp,
-            props: &mut self.props2,
-            dead: &mut self.dead2,
-        };
-        let mut sink = PollSink {
-            fd,
-            out: &mut self.out,
-            tcp,
-            props: &mut self.props,
-            dead: &mut self.dead,
-        };
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                for c in theirs.iter_mut() {
-                    poll_client(c, now, &mut other);
+        // Half of the marked clients (still to poll) go to the fan-out thread, moved out of the map meanwhile.
+        let half = self.dirty.len() / 2;
+        job.clients.clear();
+        for id in self.dirty.drain(..half) {
+            if self.clients.get(&id).is_some_and(|c| c.queued) {
+                if let Some(c) = self.clients.remove(&id) {
+                    job.clients.push(c);
                 }
-                other.out.flush(fd);
-            });
-            for c in ours.iter_mut() {
+            }
+        }
+        job.now = now;
+        job.fd = self.fd;
+        job.tcp = Some(self.tcp_conns.clone());
+        let lent = match self.fan_out.as_mut().map(|f| f.jobs.send(job)) {
+            Some(Ok(())) => true,
+            Some(Err(std::sync::mpsc::SendError(back))) => {
+                // The thread is gone: poll its half here.
+                job = back;
+                for c in job.clients.drain(..) {
+                    self.dirty.push(c.id);
+                    self.clients.insert(c.id, c);
+                }
+                false
+            }
+            None => false,
+        };
+        while let Some(id) = self.dirty.pop() {
+            if self.clients.get(&id).is_some_and(|c| c.queued) {
+                let Some(c) = self.clients.get_mut(&id) else {
+                    continue;
+                };
+                let mut sink = PollSink {
+                    fd: self.fd,
+                    out: &mut self.out,
+                    tcp: &self.tcp_conns,
+                    props: &mut self.props,
+                    dead: &mut self.dead,
+                };
                 poll_client(c, now, &mut sink);
             }
-        });
-        self.props.append(&mut self.props2);
-        self.dead.append(&mut self.dead2);
+        }
+        if !lent {
+            self.fan_out = None;
+            return;
+        }
+        let Some(fan) = self.fan_out.as_mut() else {
+            return;
+        };
+        // Its clients are out of the map until it returns them: without them the engine cannot go on.
+        let Ok(mut job) = fan.done.recv() else {
+            panic!("the SFU's fan-out thread died with the clients it was polling");
+        };
+        job.tcp = None;
+        for c in job.clients.drain(..) {
+            self.clients.insert(c.id, c);
+        }
+        self.props.append(&mut job.props);
+        self.dead.append(&mut job.dead);
+        fan.idle = Some(job);
         metrics::counter!("sfu_parallel_polls_total").increment(1);
     }
 
@@ -2081,7 +2185,7 @@ impl Engine {
                 }
             }
         }
-        self.clients.insert(id, client);
+        self.clients.insert(id, Box::new(client));
         metrics::gauge!("sfu_participants").set(self.clients.len() as f64);
         self.mark(id);
         id
