@@ -1205,7 +1205,7 @@ impl Engine {
                             };
                             let before = self.forwarded;
                             if let Some(id) = self.on_datagram(data, src, now) {
-                                self.poll(id);
+                                self.poll(id, Instant::now());
                             }
                             while let Some(p) = self.props.pop_front() {
                                 self.route(p);
@@ -1448,7 +1448,7 @@ impl Engine {
                 if !self.clients.get(&id).is_some_and(|c| c.queued) {
                     continue;
                 }
-                self.poll(id);
+                self.poll(id, Instant::now());
             }
         }
         while let Some(id) = self.dead.pop() {
@@ -1459,7 +1459,7 @@ impl Engine {
         }
     }
 
-    fn poll(&mut self, id: ClientId) {
+    fn poll(&mut self, id: ClientId, now: Instant) {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
@@ -1470,7 +1470,7 @@ impl Engine {
             props: &mut self.props,
             dead: &mut self.dead,
         };
-        poll_client(c, Instant::now(), &mut sink);
+        poll_client(c, now, &mut sink);
     }
 
     /// Polls every marked client, half of them on a second thread: a large fan-out's SRTP and sends are
@@ -1508,17 +1508,7 @@ impl Engine {
         };
         while let Some(id) = self.dirty.pop() {
             if self.clients.get(&id).is_some_and(|c| c.queued) {
-                let Some(c) = self.clients.get_mut(&id) else {
-                    continue;
-                };
-                let mut sink = PollSink {
-                    fd: self.fd,
-                    out: &mut self.out,
-                    tcp: &self.tcp_conns,
-                    props: &mut self.props,
-                    dead: &mut self.dead,
-                };
-                poll_client(c, now, &mut sink);
+                self.poll(id, now);
             }
         }
         if !lent {
