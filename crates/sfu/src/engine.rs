@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signal::protocol::Permissions;
+use signal::protocol::{ErrorCode, Permissions, ProtocolError, ServerMessage};
 use signal::{MediaSignal, MediaSink};
 use str0m::bwe::BweKind;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -349,6 +349,19 @@ impl Client {
         match &self.role {
             Role::Participant(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// Tells the participant that the SFU could not take its SDP (`error` `bad_request`, the socket stays
+    /// open), besides logging it: its SDK would otherwise wait for an answer that never comes.
+    fn refuse_sdp(&self, what: &str, e: &dyn std::fmt::Display) {
+        warn!(participant = %self.participant, "{what}: {e}");
+        if let Some(s) = self.sink() {
+            let msg = format!("sfu: {what}: {e}");
+            s.send_message(&ServerMessage::error(&ProtocolError::new(
+                ErrorCode::BadRequest,
+                msg,
+            )));
         }
     }
 
@@ -2316,7 +2329,7 @@ impl Engine {
                 let offer = match SdpOffer::from_sdp_string(&sdp) {
                     Ok(o) => o,
                     Err(e) => {
-                        warn!(participant = %c.participant, "bad SDP offer: {e}");
+                        c.refuse_sdp("bad SDP offer", &e);
                         return;
                     }
                 };
@@ -2342,7 +2355,7 @@ impl Engine {
                         c.last_offer = Some((sdp, answer));
                         debug!(participant = %c.participant, sent, "SFU answer");
                     }
-                    Err(e) => warn!(participant = %c.participant, "cannot accept offer: {e}"),
+                    Err(e) => c.refuse_sdp("cannot accept the offer", &e),
                 }
             }
             MediaSignal::Answer(sdp) => {
@@ -2353,7 +2366,7 @@ impl Engine {
                 let answer = match SdpAnswer::from_sdp_string(&sdp) {
                     Ok(a) => a,
                     Err(e) => {
-                        warn!(participant = %c.participant, "bad SDP answer: {e}");
+                        c.refuse_sdp("bad SDP answer", &e);
                         c.pending = Some((pending, now));
                         c.rollback();
                         return;
@@ -2391,7 +2404,7 @@ impl Engine {
                         }
                     }
                     Err(e) => {
-                        warn!(participant = %c.participant, "cannot accept answer: {e}");
+                        c.refuse_sdp("cannot accept the answer", &e);
                         c.rollback();
                     }
                 }

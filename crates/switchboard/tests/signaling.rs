@@ -314,3 +314,46 @@ fn self_signed_tls_serves_https() {
         .expect("curl runs");
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "ok");
 }
+
+#[tokio::test]
+async fn sdp_the_sfu_cannot_take_gets_an_error_and_a_good_offer_still_gets_its_answer() {
+    let s = serve(&[("SWITCHBOARD_ROOMS_DEFAULT_MODE", "sfu")], &[]);
+    let (mut a, joined) = join(&s.addr, "s1", "a").await;
+    assert_eq!(joined["room"]["mode"], "sfu");
+    for (sdp, what) in [
+        ("garbage", "sfu: bad SDP offer"),
+        ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "sfu: "),
+    ] {
+        send(&mut a, json!({"type": "offer", "to": "sfu", "sdp": sdp})).await;
+        let err = recv_type(&mut a, "error").await;
+        assert_eq!(err["code"], "bad_request", "{err}");
+        let msg = err["message"].as_str().unwrap_or_default();
+        assert!(msg.starts_with(what), "{sdp:?}: {msg}");
+    }
+    // The socket stays open, and a real offer (str0m's: one audio m-line) is answered.
+    send(&mut a, json!({"type": "ping", "ts": "still here"})).await;
+    assert_eq!(recv_type(&mut a, "pong").await["ts"], "still here");
+    let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+    let addr = "127.0.0.1:9".parse().expect("addr");
+    rtc.add_local_candidate(str0m::Candidate::host(addr, "udp").expect("candidate"));
+    let mut api = rtc.sdp_api();
+    api.add_media(
+        str0m::media::MediaKind::Audio,
+        str0m::media::Direction::SendOnly,
+        None,
+        None,
+        None,
+    );
+    let (offer, _) = api.apply().expect("an offer");
+    send(
+        &mut a,
+        json!({"type": "offer", "to": "sfu", "sdp": offer.to_sdp_string()}),
+    )
+    .await;
+    let answer = recv_type(&mut a, "answer").await;
+    assert_eq!(answer["from"], "sfu");
+    assert!(answer["sdp"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("m=audio"));
+}
