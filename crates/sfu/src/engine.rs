@@ -1490,6 +1490,9 @@ impl Engine {
     /// spread over two cores, so its last subscriber waits about half as long.
     fn poll_parallel(&mut self) {
         let Some(mut job) = self.fan_out.as_mut().and_then(|f| f.idle.take()) else {
+            // No job to lend (cannot happen: it always comes back): poll on this thread from now on, rather
+            // than leave the marked clients to a caller that would call again.
+            self.fan_out = None;
             return;
         };
         let now = Instant::now();

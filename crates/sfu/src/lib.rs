@@ -264,8 +264,8 @@ impl Sfu {
     }
 
     /// Resolves if the SFU's engine fails (a bug: it panicked), with the reason; never if it runs or stops as
-    /// asked. A server
-    /// should exit then, so that its supervisor restarts it, rather than run on without its media plane.
+    /// asked. A server should exit then, so that its supervisor restarts it, rather than run on without its
+    /// media plane.
     ///
     /// ```no_run
     /// # async fn f(sfu: std::sync::Arc<sfu::Sfu>) {

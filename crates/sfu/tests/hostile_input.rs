@@ -63,29 +63,36 @@ fn stun(class_method: u16, attrs: &[(u16, &[u8])], len: Option<u16>) -> Vec<u8> 
 
 /// Every kind of junk datagram, `rounds` times over, from a few sockets. The SFU's ICE ufrag makes forged
 /// requests reach the live session's ICE agent (which must refuse them: wrong MESSAGE-INTEGRITY).
+const BINDING_REQUEST: u16 = 0x0001;
+const USERNAME: u16 = 0x0006;
+const MESSAGE_INTEGRITY: u16 = 0x0008;
+const PRIORITY: u16 = 0x0024;
+const FINGERPRINT: u16 = 0x8028;
+
+/// An ICE check for the session whose (SFU-side) ufrag is `ufrag`, from an attacker: a made-up `mac` as its
+/// MESSAGE-INTEGRITY.
+fn forged_check(ufrag: &str, mac: &[u8]) -> Vec<u8> {
+    let user = format!("{ufrag}:attacker");
+    stun(
+        BINDING_REQUEST,
+        &[
+            (USERNAME, user.as_bytes()),
+            (PRIORITY, &[0, 0, 0, 1]),
+            (MESSAGE_INTEGRITY, mac),
+        ],
+        None,
+    )
+}
+
 fn datagrams(ufrag: &str, rounds: usize) -> Vec<Vec<u8>> {
-    const BINDING_REQUEST: u16 = 0x0001;
-    const USERNAME: u16 = 0x0006;
-    const MESSAGE_INTEGRITY: u16 = 0x0008;
-    const PRIORITY: u16 = 0x0024;
-    const FINGERPRINT: u16 = 0x8028;
     let mut g = Junk(0x5eed_1234_abcd_9876);
     let forged_user = format!("{ufrag}:attacker");
     let mut out = vec![Vec::new(), vec![0], vec![0x80], vec![22, 0xfe, 0xfd]];
     for _ in 0..rounds {
         out.push(g.some(0, 1500));
         // Forged ICE checks for the live session: a made-up integrity, none at all, a lying length.
-        let mac = g.bytes(20);
+        out.push(forged_check(ufrag, &g.bytes(20)));
         let user = forged_user.as_bytes();
-        out.push(stun(
-            BINDING_REQUEST,
-            &[
-                (USERNAME, user),
-                (PRIORITY, &[0, 0, 0, 1]),
-                (MESSAGE_INTEGRITY, &mac),
-            ],
-            None,
-        ));
         out.push(stun(BINDING_REQUEST, &[(USERNAME, user)], None));
         out.push(stun(
             BINDING_REQUEST,
@@ -321,7 +328,7 @@ async fn junk_on_the_media_ports_and_bad_whip_requests_leave_a_live_session_unto
         .expect("the answer has the SFU's ufrag")
         .to_owned();
     let junk = datagrams(&ufrag, 1500);
-    let forged = junk[5].clone();
+    let forged = forged_check(&ufrag, &[0x5a; 20]);
     let udp = server.sfu.udp_addr();
     let tcp = server.sfu.tcp_addr().expect("ICE-TCP listens by default");
     let replay = publisher.last_sent.clone();
