@@ -1,8 +1,9 @@
 // The SFU adapts to a subscriber's real downlink: Alice (behind NAT A) publishes simulcast (two layers from her
 // 640x480 camera) into an `sfu` room; Bob's downlink (behind NAT B) is throttled with tc (tbf) on his router to
-// between the two layers' bitrates. Bob's receiver reports loss, the SFU's estimate for him falls and it forwards
-// him the lower layer; when the limit is lifted, the estimate grows back (the SFU tries the full layer again)
-// and he gets the full layer. Frames keep decoding throughout (no long stall of Bob's decoder).
+// between the two layers' bitrates. Bob's receiver reports loss (9), or his transport-wide feedback shows the
+// queue and the loss (9b), the SFU's estimate for him falls and it forwards him the lower layer; when the limit is
+// lifted, the estimate grows back (the SFU tries the full layer again, or probes for it with padding) and he gets
+// the full layer. Frames keep decoding throughout (no long stall of Bob's decoder).
 //
 // (15): random loss on Bob's downlink only — Bob's NACKs are answered by the SFU from its retransmission buffer
 // (Bob receives retransmissions, Alice, whose uplink is clean, gets no NACK and resends nothing), and the SFU's
@@ -28,8 +29,12 @@ async function video(page, pubId) {
   }, pubId);
 }
 
-test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full one once the limit is lifted, frames decoding throughout', { skip: skipReason || false, timeout: 180000 }, async (t) => {
-  await withLab(t, 'sfu-bwe', { a: { nat: 'eim' }, b: { nat: 'eim' }, turn: false, env: SFU_ENV }, async ({ lab }) => {
+// (9) with each of the SFU's downlink estimators: `loss` (the default: Bob's receiver reports) and, as (9b), `twcc`
+// (str0m's GoogCC on Bob's transport-wide congestion control feedback).
+for (const [num, mode] of [['9', 'loss'], ['9b', 'twcc']]) {
+test(`(${num}) sfu room, ${mode} estimate: a throttled downlink gets a lower simulcast layer, the full one once the limit is lifted, frames decoding throughout`, { skip: skipReason || false, timeout: 180000 }, async (t) => {
+  const env = { ...SFU_ENV, SWITCHBOARD_SFU_BANDWIDTH_ESTIMATION: mode };
+  await withLab(t, `sfu-bwe-${mode}`, { a: { nat: 'eim' }, b: { nat: 'eim' }, turn: false, env }, async ({ lab }) => {
     const alice = await lab.join('a', 'bwe-room', 'Alice');
     // Bob only watches: less CPU on the 2-core lab host, so Alice's encoder keeps its full layer.
     const bob = await lab.join('b', 'bwe-room', 'Bob', { publish: false });
@@ -95,6 +100,8 @@ test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full 
       }
     })();
     try {
+      // Unthrottled, the estimate keeps Bob on the full layer while Alice's encoder ramped up (no false alarm).
+      await until(async () => (await video(bob.page, alice.id)).width >= full.width, { timeout: 5000, interval: 250, what: 'Bob still on the full layer before the limit' });
       lab.shape('b', limit);
       const t0 = Date.now();
       lab.note(`${new Date(t0).toISOString().slice(11, 23)} Bob's downlink limited to ${limit}`);
@@ -135,14 +142,22 @@ test('(9) sfu room: a throttled downlink gets a lower simulcast layer, the full 
     }
     const widths = [...new Set(samples.map((s) => s.width))];
     lab.note(`${samples.length} samples, widths ${widths.join(', ')}, frames ${samples[0].frames} → ${samples.at(-1).frames}, longest stall ${worst} ms`);
-    // The one stall: from the limit until the SFU notices the loss (receiver reports come once a second, the
+    // The one stall: from the limit until the SFU notices (receiver reports come once a second, the loss-based
     // estimate needs a report with > 10 % loss) and the lower layer's keyframe arrives.
     assert.ok(worst < 6000, `no decoding stall over 6 s (longest ${worst} ms)`);
     const changes = Number((lab.httpGet('/metrics') || '').match(/^sfu_bandwidth_layer_changes_total (\S+)/m)?.[1] ?? 0);
     lab.note(`sfu_bandwidth_layer_changes_total ${changes}`);
     assert.ok(changes >= 2, `the SFU changed Bob's layer by bandwidth, down and up (${changes})`);
+    // The estimates in force came from the configured estimator.
+    const metrics = lab.httpGet('/metrics') || '';
+    const estimates = (source) => Number(metrics.match(new RegExp(`^sfu_bandwidth_estimates_total\\{source="${source}"\\} (\\S+)`, 'm'))?.[1] ?? 0);
+    const other = mode === 'twcc' ? 'loss' : 'twcc';
+    lab.note(`sfu_bandwidth_estimates_total: ${mode} ${estimates(mode)}, ${other} ${estimates(other)}, remb ${estimates('remb')}`);
+    assert.ok(estimates(mode) >= 2, `Bob's estimate came from ${mode} (${estimates(mode)} changes)`);
+    assert.equal(estimates(other), 0, `no ${other} estimate with ${mode}`);
   });
 });
+}
 
 test('(10) sfu room, UDP blocked at A and no TURN: Alice reaches the SFU over ICE-TCP, media both ways', { skip: skipReason || false, timeout: 120000 }, async (t) => {
   await withLab(t, 'sfu-tcp', { a: { nat: 'eim', udpBlock: true }, b: { nat: 'eim' }, turn: false, env: SFU_ENV }, async ({ lab }) => {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use signal::protocol::{ErrorCode, Permissions, ProtocolError, ServerMessage};
 use signal::{MediaSignal, MediaSink};
-use str0m::bwe::BweKind;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
@@ -33,6 +33,7 @@ use crate::data::{self, DataOut, Sent};
 use crate::simulcast::{self, Admit, Congestion, LayerState, Layers, LossEstimator, PacketPos};
 use crate::tcp::TcpEvent;
 use crate::udp::{RecvBatch, SendBatch};
+use crate::BandwidthEstimation;
 use std::os::fd::{AsRawFd, RawFd};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -64,6 +65,15 @@ const MAX_PREFS: usize = 1024;
 const SILENT_LEVEL: i8 = -75;
 /// Share of a subscriber's bandwidth estimate given to video (the rest: audio, RTCP, retransmissions).
 const VIDEO_SHARE_PERCENT: u64 = 85;
+/// `twcc` estimation: where a subscriber's estimate starts (str0m's GoogCC probes up from it at once).
+const TWCC_INITIAL_BPS: u64 = 1_000_000;
+/// `twcc` estimation: what the SFU asks the estimator to find room for, per audio track (bit/s; Opus and its RTP
+/// headers, as str0m counts sent media).
+const TWCC_AUDIO_BPS: u64 = 40_000;
+/// `twcc` estimation: a layer is kept while the estimate covers this share of its bitrate (percent). GoogCC answers
+/// one overuse signal (a keyframe's burst, a late receiver) with 85 % of what got through; a layer that really
+/// does not fit is left at the next one, a fraction of a second later.
+const TWCC_KEEP_PERCENT: u64 = 80;
 /// How often each room's active speaker is re-evaluated.
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(300);
 /// Audio level (dBov, 0 loudest, -127 silence; RFC 6464) a speaker's smoothed level must exceed.
@@ -324,11 +334,16 @@ struct Client {
     wrote: bool,
     /// Downlink adaptation on (`sfu.bandwidth-estimation`, subscribers only).
     adapt: bool,
-    /// Loss-based estimate of the downlink, and the browser's REMB if it sends one.
+    /// The estimator for the downlink: str0m's GoogCC on TWCC feedback (`twcc`), else [`LossEstimator`].
+    twcc: bool,
+    /// Loss-based estimate of the downlink (or GoogCC's), and the browser's REMB if it sends one.
     loss_bwe: LossEstimator,
+    twcc_bwe: Option<u64>,
     remb: Option<u64>,
     /// The estimate in force (bit/s): the lower of the two.
     bwe: Option<u64>,
+    /// `twcc`: the (minimum, desired) bitrates last given to the estimator.
+    bwe_goal: (u64, u64),
     /// Subscription wishes: for everyone (`""`) and per publisher participant id.
     prefs: HashMap<String, Pref>,
     /// WHIP/WHEP: the ICE ufrag of the client's offer (trickled candidates must carry it).
@@ -549,6 +564,10 @@ impl Client {
                 self.remb = Some(estimate.as_u64());
                 self.update_estimate(props);
             }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) if self.twcc => {
+                self.twcc_bwe = Some(estimate.as_u64());
+                self.update_estimate(props);
+            }
             Event::PeerStats(_) => {
                 // Once a second, just before the per-stream stats: the downlink report waits for them
                 // ([`Client::downlink_report`] once the poll is done).
@@ -690,7 +709,11 @@ impl Client {
                 }
             }
         }
-        if self.adapt
+        if self.twcc {
+            // The estimate moves on its own; once a second the layers' measured bitrates may have, which the
+            // estimator's goal follows ([`Engine::allocate`]).
+            props.push_back(Prop::Estimate(self.id));
+        } else if self.adapt
             && self
                 .loss_bwe
                 .report(Instant::now(), self.bytes_out, loss)
@@ -712,12 +735,19 @@ impl Client {
 
     /// The downlink estimate in force changed: the engine re-caps this client's layers.
     fn update_estimate(&mut self, props: &mut VecDeque<Prop>) {
-        let bwe = match (self.loss_bwe.estimate(), self.remb) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let own = if self.twcc {
+            self.twcc_bwe
+        } else {
+            self.loss_bwe.estimate()
+        };
+        let (bwe, source) = match (own, self.remb) {
+            (Some(a), Some(b)) if b < a => (Some(b), "remb"),
+            (Some(a), _) => (Some(a), if self.twcc { "twcc" } else { "loss" }),
+            (None, b) => (b, "remb"),
         };
         if bwe != self.bwe {
-            debug!(participant = %self.participant, bps = ?bwe, "downlink estimate");
+            debug!(participant = %self.participant, bps = ?bwe, source, "downlink estimate");
+            metrics::counter!("sfu_bandwidth_estimates_total", "source" => source).increment(1);
             self.bwe = bwe;
             props.push_back(Prop::Estimate(self.id));
         }
@@ -1059,7 +1089,7 @@ pub(crate) struct Engine {
     /// for all sessions, as other SFUs do; its fingerprint is in every answer.
     dtls_cert: Option<DtlsCert>,
     /// `[sfu]` settings.
-    bandwidth_estimation: bool,
+    bandwidth_estimation: BandwidthEstimation,
     drop_silent_audio_above: usize,
     media_timeout: Duration,
     /// (track index, new cap) while re-capping one subscriber.
@@ -1667,6 +1697,9 @@ impl Engine {
                 if (rebased || t.rtx_sized != Some(mid)) && t.kind == MediaKind::Video {
                     // The resend share starts again too: the old layer's resends must not stop the keyframe's.
                     new_rtx_buffer(tx, cap, true);
+                    // With str0m's estimator on (`twcc`), its pacer would hold video at 1.1 x the estimate:
+                    // forwarded video leaves as it arrives (the publisher paced it), as audio does.
+                    tx.set_unpaced(true);
                     t.rtx_sized = Some(mid);
                 }
                 let mut write =
@@ -1979,19 +2012,31 @@ impl Engine {
     /// Caps the simulcast layers a client receives by its downlink estimate: the video share of the estimate
     /// is split evenly between its video tracks, each gets the best layer that fits (see [`simulcast::fit`]).
     fn allocate(&mut self, sid: ClientId) {
+        let now = Instant::now();
+        self.set_twcc_goal(sid, now);
         let Some(s) = self.clients.get(&sid) else {
             return;
         };
         let Some(estimate) = s.bwe else {
             return;
         };
-        let now = Instant::now();
         let video = |t: &&TrackOut| t.kind == MediaKind::Video && t.open_mid().is_some();
         let n = s.tracks_out.iter().filter(video).count() as u64;
         if n == 0 {
             return;
         }
-        let budget = estimate * VIDEO_SHARE_PERCENT / 100 / n;
+        // GoogCC's estimate is what the link carries, audio included (it grows by probing, not by trying a
+        // layer): video gets what audio leaves. The loss-based one keeps a margin for audio and RTCP.
+        let budget = if s.twcc {
+            let audio = s
+                .tracks_out
+                .iter()
+                .filter(|t| t.kind == MediaKind::Audio && t.open_mid().is_some())
+                .count() as u64;
+            estimate.saturating_sub(audio * TWCC_AUDIO_BPS) / n
+        } else {
+            estimate * VIDEO_SHARE_PERCENT / 100 / n
+        };
         trace!(participant = %s.participant, estimate, budget, tracks = n, "allocating");
         self.caps.clear();
         for (i, t) in s.tracks_out.iter().enumerate() {
@@ -2010,7 +2055,8 @@ impl Engine {
             if !layers.is_simulcast() {
                 continue;
             }
-            let cap = simulcast::fit(layers, t.layers.want, budget, t.layers.cap, now);
+            let keep = if s.twcc { TWCC_KEEP_PERCENT } else { 100 };
+            let cap = simulcast::fit(layers, t.layers.want, budget, t.layers.cap, keep, now);
             if cap != t.layers.cap {
                 self.caps.push((i, cap));
             }
@@ -2026,6 +2072,55 @@ impl Engine {
             }
         }
         self.mark(sid);
+    }
+
+    /// `twcc` estimation: tells a subscriber's estimator what to find room for. Desired: every track at its
+    /// wanted quality (a simulcast track's best measured layer up to what the subscriber asks for, with the
+    /// headroom an upgrade needs; audio at [`TWCC_AUDIO_BPS`]); minimum: what the simulcast tracks' next layers up
+    /// need, which padding sustains while the estimate grows towards it (str0m's `Bwe::set_bitrate`). Single-layer
+    /// video adds nothing: it is forwarded whatever the estimate.
+    fn set_twcc_goal(&mut self, sid: ClientId, now: Instant) {
+        let Some(s) = self.clients.get(&sid) else {
+            return;
+        };
+        if !s.twcc {
+            return;
+        }
+        let (mut minimum, mut desired) = (0u64, 0u64);
+        for t in &s.tracks_out {
+            if t.open_mid().is_none() {
+                continue;
+            }
+            if t.kind == MediaKind::Audio {
+                desired += TWCC_AUDIO_BPS;
+                continue;
+            }
+            let layers = t.src.and_then(|(p, m)| {
+                let pc = self.clients.get(&p)?;
+                pc.tracks_in
+                    .iter()
+                    .find(|ti| ti.mid == m)
+                    .map(|ti| &ti.layers)
+            });
+            let (next, want) = match layers {
+                Some(l) if l.is_simulcast() => simulcast::goal(l, t.layers.want, t.layers.cap, now),
+                // One layer: it is forwarded whatever the estimate, nothing to probe for.
+                _ => (0, 0),
+            };
+            minimum += next;
+            desired += want;
+        }
+        let goal = (minimum, desired);
+        let Some(s) = self.clients.get_mut(&sid) else {
+            return;
+        };
+        if goal != s.bwe_goal {
+            trace!(participant = %s.participant, minimum = goal.0, desired = goal.1, "estimator goal");
+            s.bwe_goal = goal;
+            s.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(goal.0), Bitrate::bps(goal.1));
+        }
     }
 
     /// Binds a WHEP viewer's unfed m-lines to published tracks of the room (the newest publisher first).
@@ -2087,9 +2182,15 @@ impl Engine {
         } = perms;
         let now = Instant::now();
         let ufrag = signal::random_hex(8);
+        let adapt = self.bandwidth_estimation != BandwidthEstimation::Off
+            && (can_subscribe || matches!(role, Role::Whep));
+        let twcc = adapt && self.bandwidth_estimation == BandwidthEstimation::Twcc;
         let mut config = Rtc::builder();
         if let Some(cert) = &self.dtls_cert {
             config = config.set_dtls_cert(cert.clone());
+        }
+        if twcc {
+            config = config.enable_bwe(Some(Bitrate::bps(TWCC_INITIAL_BPS)));
         }
         let mut rtc = config
             .set_sctp_max_buffered_amount(data::SCTP_BUFFER)
@@ -2109,7 +2210,6 @@ impl Engine {
         } else {
             DataOut::default()
         };
-        let adapt = self.bandwidth_estimation && (can_subscribe || matches!(role, Role::Whep));
         let id = self.next_id;
         self.next_id += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -2154,9 +2254,12 @@ impl Engine {
             queued: false,
             wrote: false,
             adapt,
+            twcc,
             loss_bwe: LossEstimator::default(),
+            twcc_bwe: None,
             remb: None,
             bwe: None,
+            bwe_goal: (0, 0),
             prefs: HashMap::new(),
             remote_ufrag: None,
         };

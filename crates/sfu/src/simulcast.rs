@@ -123,23 +123,24 @@ impl Layers {
 
 /// The bandwidth cap (a rank) for a subscriber of `layers` wanting `want` with `budget` bit/s for this track,
 /// whose cap is `current` now: the best layer at or below `want` whose bitrate fits (moving up needs
-/// [`UPGRADE_HEADROOM`]), else the lowest. Layers without a measured bitrate yet only count at or below the
-/// current cap.
+/// [`UPGRADE_HEADROOM`]; keeping the current layer needs `keep` percent of its bitrate), else the lowest. Layers
+/// without a measured bitrate yet only count at or below the current cap.
 pub(crate) fn fit(
     layers: &Layers,
     want: usize,
     budget: u64,
     current: usize,
+    keep: u64,
     now: Instant,
 ) -> usize {
     let want = want.min(RANKS - 1);
     for r in (0..=want).rev() {
         match layers.bitrate(r, now) {
             Some(bps) => {
-                let need = if r > current {
-                    bps * UPGRADE_HEADROOM / 100
-                } else {
-                    bps
+                let need = match r.cmp(&current) {
+                    std::cmp::Ordering::Greater => bps * UPGRADE_HEADROOM / 100,
+                    std::cmp::Ordering::Equal => bps * keep / 100,
+                    std::cmp::Ordering::Less => bps,
                 };
                 if need <= budget {
                     return r;
@@ -150,6 +151,23 @@ pub(crate) fn fit(
         }
     }
     0
+}
+
+/// What a subscriber of `layers` wanting `want`, capped at `cap`, needs room for (bit/s): `(next, want)`, the
+/// measured bitrate of the next layer up from the cap (with [`UPGRADE_HEADROOM`]; 0 when the cap is at or above
+/// `want`: nothing to grow into), and that of the best measured layer up to `want` (with the headroom too). 0
+/// while nothing is measured.
+pub(crate) fn goal(layers: &Layers, want: usize, cap: usize, now: Instant) -> (u64, u64) {
+    let want = want.min(RANKS - 1);
+    let with_headroom = |bps: u64| bps * UPGRADE_HEADROOM / 100;
+    let best = (0..=want)
+        .rev()
+        .find_map(|r| layers.bitrate(r, now))
+        .map_or(0, with_headroom);
+    let next = (cap.min(want) + 1..=want)
+        .find_map(|r| layers.bitrate(r, now))
+        .map_or(0, with_headroom);
+    (next, best.max(next))
 }
 
 /// Loss above this (fraction of packets, from RTCP receiver reports) means the downlink is overloaded.
@@ -586,27 +604,43 @@ mod tests {
     #[test]
     fn bandwidth_caps_the_layer_with_headroom_to_move_up() {
         let (l, t) = three_layers(Instant::now());
-        assert_eq!(fit(&l, 2, 5_000_000, 2, t), 2, "plenty: the full layer");
-        assert_eq!(fit(&l, 2, 1_000_000, 2, t), 1, "1 Mbit/s: the half layer");
         assert_eq!(
-            fit(&l, 2, 300_000, 2, t),
+            fit(&l, 2, 5_000_000, 2, 100, t),
+            2,
+            "plenty: the full layer"
+        );
+        assert_eq!(
+            fit(&l, 2, 1_000_000, 2, 100, t),
+            1,
+            "1 Mbit/s: the half layer"
+        );
+        assert_eq!(
+            fit(&l, 2, 300_000, 2, 100, t),
             0,
             "300 kbit/s: the quarter layer"
         );
         assert_eq!(
-            fit(&l, 2, 50_000, 2, t),
+            fit(&l, 2, 50_000, 2, 100, t),
             0,
             "nothing fits: still the lowest"
         );
         assert_eq!(
-            fit(&l, 0, 5_000_000, 2, t),
+            fit(&l, 0, 5_000_000, 2, 100, t),
             0,
             "never above the wanted quality"
         );
         // 1.6 Mbit/s fits the full layer (1.5) from above, but is not enough headroom to move up to it.
-        assert_eq!(fit(&l, 2, 1_600_000, 2, t), 2);
-        assert_eq!(fit(&l, 2, 1_600_000, 1, t), 1);
-        assert_eq!(fit(&l, 2, 1_800_000, 1, t), 2);
+        assert_eq!(fit(&l, 2, 1_600_000, 2, 100, t), 2);
+        assert_eq!(fit(&l, 2, 1_600_000, 1, 100, t), 1);
+        assert_eq!(fit(&l, 2, 1_800_000, 1, 100, t), 2);
+        // Keeping a layer with `keep` 80: the full layer (1.5) stays down to 1.2 Mbit/s, is not taken at 1.3.
+        assert_eq!(fit(&l, 2, 1_250_000, 2, 80, t), 2, "kept at 83 %");
+        assert_eq!(fit(&l, 2, 1_150_000, 2, 80, t), 1, "not kept at 77 %");
+        assert_eq!(
+            fit(&l, 2, 1_300_000, 1, 80, t),
+            1,
+            "not taken below its bitrate"
+        );
         let mut st = LayerState {
             cap: 0,
             ..Default::default()
@@ -615,6 +649,38 @@ mod tests {
         st.cap = 2;
         st.want = 1;
         assert_eq!(st.target(), 1);
+    }
+
+    #[test]
+    fn the_estimator_goal_is_the_next_layer_up_and_the_wanted_one() {
+        let (l, t) = three_layers(Instant::now());
+        let near = |got: u64, want: u64| got.abs_diff(want) * 100 < want * 3;
+        let (next, best) = goal(&l, 2, 0, t);
+        assert!(
+            near(next, 500_000 * 115 / 100),
+            "from the quarter layer, the half one: {next}"
+        );
+        assert!(
+            near(best, 1_500_000 * 115 / 100),
+            "wanting all: the full one: {best}"
+        );
+        let (next, best) = goal(&l, 2, 2, t);
+        assert!(
+            next == 0 && near(best, 1_500_000 * 115 / 100),
+            "at the top: {next} {best}"
+        );
+        let (next, best) = goal(&l, 1, 0, t);
+        assert!(
+            near(next, 500_000 * 115 / 100) && next == best,
+            "wanting medium: {next} {best}"
+        );
+        assert_eq!(
+            goal(&Layers::default(), 2, 0, t),
+            (0, 0),
+            "nothing measured"
+        );
+        let later = t + LAYER_TIMEOUT + Duration::from_secs(1);
+        assert_eq!(goal(&l, 2, 0, later), (0, 0), "layers gone quiet");
     }
 
     fn packet(

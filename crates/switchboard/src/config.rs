@@ -330,6 +330,27 @@ mod tests {
     }
 
     #[test]
+    fn bandwidth_estimation_takes_a_name_or_a_bool() {
+        let mode = |v: &str| {
+            let env = vec![(
+                "SWITCHBOARD_SFU_BANDWIDTH_ESTIMATION".to_string(),
+                v.to_string(),
+            )];
+            load(None, env.into_iter(), vec![]).map(|c| c.sfu.bandwidth_estimation)
+        };
+        use sfu::BandwidthEstimation as B;
+        assert_eq!(mode("twcc").unwrap(), B::Twcc);
+        assert_eq!(mode("loss").unwrap(), B::Loss);
+        assert_eq!(mode("true").unwrap(), B::Loss);
+        assert_eq!(mode("false").unwrap(), B::Off);
+        assert_eq!(mode("\"off\"").unwrap(), B::Off);
+        let err = mode("gcc").unwrap_err();
+        assert!(format!("{err:#}").contains("\"twcc\""), "{err:#}");
+        let default = load(None, std::iter::empty(), vec![]).unwrap();
+        assert_eq!(default.sfu.bandwidth_estimation, B::Loss);
+    }
+
+    #[test]
     fn short_api_secret_is_refused() {
         let env = vec![(
             "SWITCHBOARD_AUTH_KEYS".to_string(),
