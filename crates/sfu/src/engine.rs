@@ -5,7 +5,8 @@
 //! the other clients of its room, which are in turn polled until `Timeout`. Nothing blocks: the datagrams of
 //! one wake-up are queued in a [`SendBatch`] and leave together in one `sendmmsg` (UDP GSO merges a
 //! subscriber's packets of equal size) at the end of the wake-up; a full socket buffer drops them, as a router
-//! would. Input is read with `recvmmsg`.
+//! would. Input is read with `recvmmsg`, also every [`PEEK_EVERY`] polls of a long fan-out on one thread: a paced
+//! publisher's next packet then joins the subscribers not polled yet instead of waiting for the whole fan-out.
 //!
 //! Forwarding is per RTP packet (str0m's RTP mode): a packet leaves for every subscriber as soon as it
 //! arrives, without waiting for the rest of its frame; its payload is shared (`Arc<[u8]>`), each subscriber's
@@ -89,6 +90,9 @@ const RECV_CALLS: usize = 4;
 const FLUSH_AT: usize = 48;
 /// This many clients to poll at once are split between two threads (`sfu.parallel-fan-out`).
 const PARALLEL_AT: usize = 32;
+/// While one thread polls a large fan-out, every this many polls it reads what reached the socket meanwhile (a
+/// paced publisher's next packet): the subscribers not polled yet then send both packets in one poll.
+const PEEK_EVERY: usize = 32;
 
 pub(crate) type ClientId = u64;
 
@@ -1075,8 +1079,14 @@ pub(crate) struct Engine {
     members: HashMap<(String, String), (Permissions, MediaSink)>,
     rooms: HashMap<String, Vec<ClientId>>,
     props: VecDeque<Prop>,
-    dirty: Vec<ClientId>,
+    /// Clients to poll, in the order they were marked.
+    dirty: VecDeque<ClientId>,
     dead: Vec<ClientId>,
+    /// `recvmmsg` buffers (taken out while their datagrams are handled).
+    rx_batch: Option<Box<RecvBatch>>,
+    /// Peeks during a fan-out that read datagrams: (clients queued then, still to poll; datagrams received before
+    /// it, still waiting in `unsent_rx`).
+    peeks: VecDeque<(usize, usize)>,
     scratch: Vec<ClientId>,
     /// A data-channel message being fanned out, with its `<from>\n` header.
     data_buf: Vec<u8>,
@@ -1162,8 +1172,10 @@ impl Engine {
             members: HashMap::new(),
             rooms: HashMap::new(),
             props: VecDeque::new(),
-            dirty: Vec::new(),
+            dirty: VecDeque::new(),
             dead: Vec::new(),
+            rx_batch: Some(Box::new(RecvBatch::new())),
+            peeks: VecDeque::new(),
             scratch: Vec::new(),
             data_buf: Vec::new(),
             speakers: HashMap::new(),
@@ -1187,7 +1199,6 @@ impl Engine {
             return;
         };
         let socket = self.socket.clone();
-        let mut batch = RecvBatch::new();
         // Kernel receive times: the forwarding delay (`sfu_forward_delay_seconds`) of an RTP packet runs from its
         // reaching the socket to its last forwarded copy being handed back to the kernel.
         if let Err(e) = udpio::enable_rx_timestamps(self.fd) {
@@ -1225,40 +1236,19 @@ impl Engine {
             match wake {
                 Wake::Udp(Ok(())) => {
                     for _ in 0..RECV_CALLS {
-                        let n = match socket
-                            .try_io(tokio::io::Interest::READABLE, || batch.recv(self.fd))
-                        {
-                            Ok(n) => n,
-                            Err(e) => {
-                                if e.kind() != std::io::ErrorKind::WouldBlock {
-                                    debug!("SFU socket receive error: {e}");
+                        let n =
+                            match socket.try_io(tokio::io::Interest::READABLE, || self.take_in()) {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                                        debug!("SFU socket receive error: {e}");
+                                    }
+                                    break;
                                 }
-                                break;
-                            }
-                        };
-                        // Each datagram is handed to its client's `Rtc`, which is polled at once (it holds one
-                        // received RTP packet at a time); a packet to forward is only queued in each subscriber's
-                        // `Rtc` (cheap). Then every subscriber is polled once for the whole batch: a subscriber's
-                        // packets leave together (one GSO message), and a burst (a frame) reaches each subscriber
-                        // as early as one subscriber after another allows.
-                        let now = Instant::now();
-                        for k in 0..n {
-                            let Some((data, src)) = batch.get(k) else {
-                                continue;
                             };
-                            let before = self.forwarded;
-                            if let Some(id) = self.on_datagram(data, src, now) {
-                                self.poll(id, Instant::now());
-                            }
-                            while let Some(p) = self.props.pop_front() {
-                                self.route(p);
-                            }
-                            if self.forwarded != before {
-                                if let Some(at) = batch.received_at(k) {
-                                    self.unsent_rx.push(at);
-                                }
-                            }
-                        }
+                        // Then every subscriber is polled once for the whole batch: a subscriber's packets leave
+                        // together (one GSO message), and a burst (a frame) reaches each subscriber as early as
+                        // one subscriber after another allows.
                         self.drain();
                         self.flush();
                         if n < crate::udp::RECV_BATCH {
@@ -1285,16 +1275,74 @@ impl Engine {
         }
     }
 
+    /// Reads what waits on the media socket (one `recvmmsg`). Each datagram is handed to its client's `Rtc`, which
+    /// is polled at once (it holds one received RTP packet at a time); a packet to forward is only queued in each
+    /// subscriber's `Rtc` (cheap), and the subscribers are marked for polling. How many datagrams were read.
+    fn take_in(&mut self) -> std::io::Result<usize> {
+        let Some(mut batch) = self.rx_batch.take() else {
+            return Ok(0);
+        };
+        let n = match batch.recv(self.fd) {
+            Ok(n) => n,
+            Err(e) => {
+                self.rx_batch = Some(batch);
+                return Err(e);
+            }
+        };
+        let now = Instant::now();
+        for k in 0..n {
+            let Some((data, src)) = batch.get(k) else {
+                continue;
+            };
+            let before = self.forwarded;
+            if let Some(id) = self.on_datagram(data, src, now) {
+                self.poll(id, Instant::now());
+            }
+            while let Some(p) = self.props.pop_front() {
+                self.route(p);
+            }
+            if self.forwarded != before {
+                if let Some(at) = batch.received_at(k) {
+                    self.unsent_rx.push(at);
+                }
+            }
+        }
+        self.rx_batch = Some(batch);
+        Ok(n)
+    }
+
     /// Sends what is queued, and records the forwarding delay of the datagrams that caused it.
     fn flush(&mut self) {
+        self.flush_received(self.unsent_rx.len());
+    }
+
+    /// Sends what is queued, and records the forwarding delay of the first `k` datagrams waiting for it.
+    fn flush_received(&mut self, k: usize) {
         self.out.flush(self.fd);
-        if self.unsent_rx.is_empty() {
+        let k = k.min(self.unsent_rx.len());
+        if k == 0 {
             return;
         }
         let now = std::time::SystemTime::now();
-        for at in self.unsent_rx.drain(..) {
+        for at in self.unsent_rx.drain(..k) {
             if let Ok(delay) = now.duration_since(at) {
                 self.forward_delay.record(delay.as_secs_f64());
+            }
+        }
+    }
+
+    /// One more client taken from the queue: once the clients that were queued at a peek are all polled, the
+    /// datagrams received before that peek have every copy out (the peek's own went to the clients polled after
+    /// it), so their forwarding delay ends there, not at the end of the longer fan-out.
+    fn settle_peeks(&mut self) {
+        for p in &mut self.peeks {
+            p.0 = p.0.saturating_sub(1);
+        }
+        while let Some(&(0, received)) = self.peeks.front() {
+            self.peeks.pop_front();
+            self.flush_received(received);
+            for p in &mut self.peeks {
+                p.1 = p.1.saturating_sub(received);
             }
         }
     }
@@ -1303,7 +1351,7 @@ impl Engine {
         if let Some(c) = self.clients.get_mut(&id) {
             if !c.queued {
                 c.queued = true;
-                self.dirty.push(id);
+                self.dirty.push_back(id);
             }
         }
     }
@@ -1486,12 +1534,23 @@ impl Engine {
                 self.poll_parallel();
                 continue;
             }
-            while let Some(id) = self.dirty.pop() {
+            let mut polled = 0;
+            while let Some(id) = self.dirty.pop_front() {
                 // Polled already since it was marked (see `run`): nothing new.
-                if !self.clients.get(&id).is_some_and(|c| c.queued) {
-                    continue;
+                let due = self.clients.get(&id).is_some_and(|c| c.queued);
+                if due {
+                    self.poll(id, Instant::now());
+                    polled += 1;
                 }
-                self.poll(id, Instant::now());
+                self.settle_peeks();
+                if due && polled % PEEK_EVERY == 0 && !self.dirty.is_empty() {
+                    // What arrived meanwhile joins the subscribers still to poll (the ones polled already are
+                    // marked again, at the end). The socket is non-blocking: nothing there, nothing read.
+                    let (clients, received) = (self.dirty.len(), self.unsent_rx.len());
+                    if self.take_in().is_ok_and(|n| n > 0) && received > 0 {
+                        self.peeks.push_back((clients, received));
+                    }
+                }
             }
         }
         while let Some(id) = self.dead.pop() {
@@ -1545,14 +1604,14 @@ impl Engine {
                 // The thread is gone: poll its half here.
                 job = back;
                 for c in job.clients.drain(..) {
-                    self.dirty.push(c.id);
+                    self.dirty.push_back(c.id);
                     self.clients.insert(c.id, c);
                 }
                 false
             }
             None => false,
         };
-        while let Some(id) = self.dirty.pop() {
+        while let Some(id) = self.dirty.pop_front() {
             if self.clients.get(&id).is_some_and(|c| c.queued) {
                 self.poll(id, now);
             }
@@ -1732,7 +1791,7 @@ impl Engine {
                 s.wrote = true;
                 if !s.queued {
                     s.queued = true;
-                    self.dirty.push(sid);
+                    self.dirty.push_back(sid);
                 }
             }
         }
@@ -1750,7 +1809,7 @@ impl Engine {
                 }
                 if !pc.queued {
                     pc.queued = true;
-                    self.dirty.push(from);
+                    self.dirty.push_back(from);
                 }
             }
         }
@@ -1809,7 +1868,7 @@ impl Engine {
             }
             if !s.queued {
                 s.queued = true;
-                self.dirty.push(sid);
+                self.dirty.push_back(sid);
             }
         }
         self.scratch = members;

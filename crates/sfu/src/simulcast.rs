@@ -604,31 +604,16 @@ mod tests {
     #[test]
     fn bandwidth_caps_the_layer_with_headroom_to_move_up() {
         let (l, t) = three_layers(Instant::now());
-        assert_eq!(
-            fit(&l, 2, 5_000_000, 2, 100, t),
-            2,
-            "plenty: the full layer"
-        );
-        assert_eq!(
-            fit(&l, 2, 1_000_000, 2, 100, t),
-            1,
-            "1 Mbit/s: the half layer"
-        );
-        assert_eq!(
-            fit(&l, 2, 300_000, 2, 100, t),
-            0,
-            "300 kbit/s: the quarter layer"
-        );
-        assert_eq!(
-            fit(&l, 2, 50_000, 2, 100, t),
-            0,
-            "nothing fits: still the lowest"
-        );
-        assert_eq!(
-            fit(&l, 0, 5_000_000, 2, 100, t),
-            0,
-            "never above the wanted quality"
-        );
+        // (want, budget, current cap) -> the cap, with keep 100.
+        for (want, budget, current, cap, why) in [
+            (2, 5_000_000, 2, 2, "plenty: the full layer"),
+            (2, 1_000_000, 2, 1, "1 Mbit/s: the half layer"),
+            (2, 300_000, 2, 0, "300 kbit/s: the quarter layer"),
+            (2, 50_000, 2, 0, "nothing fits: still the lowest"),
+            (0, 5_000_000, 2, 0, "never above the wanted quality"),
+        ] {
+            assert_eq!(fit(&l, want, budget, current, 100, t), cap, "{why}");
+        }
         // 1.6 Mbit/s fits the full layer (1.5) from above, but is not enough headroom to move up to it.
         assert_eq!(fit(&l, 2, 1_600_000, 2, 100, t), 2);
         assert_eq!(fit(&l, 2, 1_600_000, 1, 100, t), 1);

@@ -1,5 +1,6 @@
 //! End to end without a browser: a str0m publisher (full ICE) sends Opus frames by WHIP, a str0m viewer
-//! receives them by WHEP, both through the SFU's one UDP port. Also: WHIP refuses a missing or foreign token.
+//! receives them by WHEP, both through the SFU's one UDP port. Also: WHIP refuses a missing or foreign token, and
+//! the SFU sends publishers transport-wide congestion control feedback.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 use common::{http, pump, Peer, Server};
 use sfu::{Sfu, SfuConfig};
 use str0m::media::Direction;
+use str0m::Event;
 
 #[tokio::test]
 async fn whip_publisher_reaches_whep_viewer() {
@@ -51,6 +53,40 @@ async fn whip_publisher_reaches_whep_viewer() {
     assert_eq!(r.status, 200);
     let r = http(server.http, "DELETE", &location, Some(&token), "").await;
     assert_eq!(r.status, 404);
+}
+
+/// The SFU answers a publisher's packets with transport-wide congestion control feedback (TWCC, negotiated by
+/// str0m's offer for Opus too): the publisher's str0m learns from it which packets arrived (its egress loss) and
+/// when (a round trip), which it can only know from that feedback.
+#[tokio::test]
+async fn a_whip_publisher_gets_transport_wide_feedback_from_the_sfu() {
+    let server = Server::start().await;
+    let token = server.token("pub", "twcc");
+    let (mut publisher, _, answer) = server.session(Direction::SendOnly, "twcc", &token).await;
+    assert!(
+        answer.contains("transport-wide-cc") && answer.contains("transport-cc"),
+        "the SFU's answer keeps TWCC: {answer}"
+    );
+    let mut buf = vec![0u8; 2000];
+    let mut events = Vec::new();
+    let mut feedback = None;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while feedback.is_none() && std::time::Instant::now() < end {
+        publisher.send_frame();
+        events.clear();
+        publisher
+            .drive(Duration::from_millis(20), &mut buf, &mut events)
+            .await;
+        feedback = events.iter().find_map(|e| match e {
+            Event::PeerStats(s) => s.egress_loss_fraction.zip(s.rtt),
+            _ => None,
+        });
+    }
+    assert!(publisher.connected, "the publisher connected to the SFU");
+    let (loss, rtt) =
+        feedback.expect("the publisher's stats show TWCC feedback from the SFU within 10 s");
+    assert!(loss < 0.05, "loopback loses nothing: {loss}");
+    assert!(rtt < Duration::from_secs(1), "round trip {rtt:?}");
 }
 
 #[tokio::test]

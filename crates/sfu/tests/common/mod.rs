@@ -174,7 +174,10 @@ impl Peer {
     pub async fn on(ip: std::net::IpAddr, kind: Direction) -> (Peer, String, SdpPendingOffer) {
         let sock = UdpSocket::bind(SocketAddr::new(ip, 0)).await.expect("bind");
         let addr = sock.local_addr().expect("addr");
-        let mut rtc = Rtc::builder().build(Instant::now());
+        // Stats every 500 ms: a test can see what the peer's transport-wide feedback told it.
+        let mut rtc = Rtc::builder()
+            .set_stats_interval(Some(Duration::from_millis(500)))
+            .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
         let mut api = rtc.sdp_api();
         let mid = api.add_media(MediaKind::Audio, kind, None, None, None);
