@@ -91,6 +91,28 @@ const PING_INTERVAL_MS = 15000;
 const OFFER_WATCHDOG_MS = 8000;
 const DISCONNECTED_RESTART_MS = 3000;
 
+/**
+ * Watches `pc`, the connection of `link` (a mesh peer or the SFU link, each with `restartIce()`, `closed`,
+ * `pendingRestart` and `disconnectTimer`): every state goes to `report(state)`; a failed connection restarts ICE at
+ * once, a disconnected one if it is still disconnected after DISCONNECTED_RESTART_MS.
+ */
+function watchConnection(link, pc, report) {
+  pc.onconnectionstatechange = () => {
+    const state = pc.connectionState;
+    report(state);
+    clearTimeout(link.disconnectTimer);
+    if (state === 'failed') {
+      link.restartIce();
+    } else if (state === 'disconnected') {
+      link.disconnectTimer = setTimeout(() => {
+        if (!link.closed && pc.connectionState === 'disconnected') link.restartIce();
+      }, DISCONNECTED_RESTART_MS);
+    } else if (state === 'connected') {
+      link.pendingRestart = false;
+    }
+  };
+}
+
 function wsUrlFrom(url) {
   const base = typeof location !== 'undefined' ? location.href : 'http://127.0.0.1/';
   const u = new URL(url || '/ws', base);
@@ -329,20 +351,7 @@ class Peer {
       this.room.emit('track', p, track, stream);
     };
 
-    pc.onconnectionstatechange = () => {
-      const state = pc.connectionState;
-      this.room.emit('connection_state', this.participant, state);
-      clearTimeout(this.disconnectTimer);
-      if (state === 'failed') {
-        this.restartIce();
-      } else if (state === 'disconnected') {
-        this.disconnectTimer = setTimeout(() => {
-          if (!this.closed && pc.connectionState === 'disconnected') this.restartIce();
-        }, DISCONNECTED_RESTART_MS);
-      } else if (state === 'connected') {
-        this.pendingRestart = false;
-      }
-    };
+    watchConnection(this, pc, (state) => this.room.emit('connection_state', this.participant, state));
     pc.onsignalingstatechange = () => {
       if (pc.signalingState === 'stable') clearTimeout(this.offerWatchdog);
     };
@@ -696,20 +705,9 @@ class SfuPeer extends Peer {
     this.qualityAll = null;
     const pc = this.pc;
     pc.ontrack = (ev) => this._onTrack(ev);
-    pc.onconnectionstatechange = () => {
-      const state = pc.connectionState;
+    watchConnection(this, pc, (state) => {
       for (const p of this.room.participants.values()) this.room.emit('connection_state', p, state);
-      clearTimeout(this.disconnectTimer);
-      if (state === 'failed') {
-        this.restartIce();
-      } else if (state === 'disconnected') {
-        this.disconnectTimer = setTimeout(() => {
-          if (!this.closed && pc.connectionState === 'disconnected') this.restartIce();
-        }, DISCONNECTED_RESTART_MS);
-      } else if (state === 'connected') {
-        this.pendingRestart = false;
-      }
-    };
+    });
   }
 
   /**
