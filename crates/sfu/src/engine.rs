@@ -340,11 +340,12 @@ struct Client {
     adapt: bool,
     /// The estimator for the downlink: str0m's GoogCC on TWCC feedback (`twcc`), else [`LossEstimator`].
     twcc: bool,
-    /// Loss-based estimate of the downlink (or GoogCC's), and the browser's REMB if it sends one.
+    /// The downlink estimates: loss-based (`loss`), GoogCC's last one (`twcc`, bit/s), and the browser's REMB if it
+    /// sends one.
     loss_bwe: LossEstimator,
     twcc_bwe: Option<u64>,
     remb: Option<u64>,
-    /// The estimate in force (bit/s): the lower of the two.
+    /// The estimate in force (bit/s): the lower of the estimator's and REMB.
     bwe: Option<u64>,
     /// `twcc`: the (minimum, desired) bitrates last given to the estimator.
     bwe_goal: (u64, u64),
