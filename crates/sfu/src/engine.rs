@@ -336,10 +336,9 @@ struct Client {
     queued: bool,
     /// Packets were written to its `Rtc` since it was last polled (str0m sends them on a timeout input).
     wrote: bool,
-    /// Downlink adaptation on (`sfu.bandwidth-estimation`, subscribers only).
-    adapt: bool,
-    /// The estimator for the downlink: str0m's GoogCC on TWCC feedback (`twcc`), else [`LossEstimator`].
-    twcc: bool,
+    /// How this client's downlink is estimated (`sfu.bandwidth-estimation`; `Off` for a client that receives
+    /// nothing).
+    estimation: BandwidthEstimation,
     /// The downlink estimates: loss-based (`loss`), GoogCC's last one (`twcc`, bit/s), and the browser's REMB if it
     /// sends one.
     loss_bwe: LossEstimator,
@@ -565,11 +564,15 @@ impl Client {
                     props.push_back(Prop::Data(self.id, i, d.binary, d.data));
                 }
             }
-            Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. }) if self.adapt => {
+            Event::EgressBitrateEstimate(BweKind::Remb { estimate, .. })
+                if self.estimation != BandwidthEstimation::Off =>
+            {
                 self.remb = Some(estimate.as_u64());
                 self.update_estimate(props);
             }
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) if self.twcc => {
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
+                if self.estimation == BandwidthEstimation::Twcc =>
+            {
                 self.twcc_bwe = Some(estimate.as_u64());
                 self.update_estimate(props);
             }
@@ -714,17 +717,20 @@ impl Client {
                 }
             }
         }
-        if self.twcc {
+        match self.estimation {
             // The estimate moves on its own; once a second the layers' measured bitrates may have, which the
             // estimator's goal follows ([`Engine::allocate`]).
-            props.push_back(Prop::Estimate(self.id));
-        } else if self.adapt
-            && self
-                .loss_bwe
-                .report(Instant::now(), self.bytes_out, loss)
-                .is_some()
-        {
-            self.update_estimate(props);
+            BandwidthEstimation::Twcc => props.push_back(Prop::Estimate(self.id)),
+            BandwidthEstimation::Loss => {
+                if self
+                    .loss_bwe
+                    .report(Instant::now(), self.bytes_out, loss)
+                    .is_some()
+                {
+                    self.update_estimate(props);
+                }
+            }
+            BandwidthEstimation::Off => {}
         }
     }
 
@@ -740,14 +746,13 @@ impl Client {
 
     /// The downlink estimate in force changed: the engine re-caps this client's layers.
     fn update_estimate(&mut self, props: &mut VecDeque<Prop>) {
-        let own = if self.twcc {
-            self.twcc_bwe
-        } else {
-            self.loss_bwe.estimate()
+        let (own, name) = match self.estimation {
+            BandwidthEstimation::Twcc => (self.twcc_bwe, "twcc"),
+            _ => (self.loss_bwe.estimate(), "loss"),
         };
         let (bwe, source) = match (own, self.remb) {
             (Some(a), Some(b)) if b < a => (Some(b), "remb"),
-            (Some(a), _) => (Some(a), if self.twcc { "twcc" } else { "loss" }),
+            (Some(a), _) => (Some(a), name),
             (None, b) => (b, "remb"),
         };
         if bwe != self.bwe {
@@ -2087,7 +2092,8 @@ impl Engine {
         }
         // GoogCC's estimate is what the link carries, audio included (it grows by probing, not by trying a
         // layer): video gets what audio leaves. The loss-based one keeps a margin for audio and RTCP.
-        let budget = if s.twcc {
+        let twcc = s.estimation == BandwidthEstimation::Twcc;
+        let budget = if twcc {
             let audio = s
                 .tracks_out
                 .iter()
@@ -2097,25 +2103,19 @@ impl Engine {
         } else {
             estimate * VIDEO_SHARE_PERCENT / 100 / n
         };
+        let keep = if twcc { TWCC_KEEP_PERCENT } else { 100 };
         trace!(participant = %s.participant, estimate, budget, tracks = n, "allocating");
         self.caps.clear();
         for (i, t) in s.tracks_out.iter().enumerate() {
             if !video(&t) {
                 continue;
             }
-            let Some(layers) = t.src.and_then(|(p, m)| {
-                let pc = self.clients.get(&p)?;
-                pc.tracks_in
-                    .iter()
-                    .find(|ti| ti.mid == m)
-                    .map(|ti| &ti.layers)
-            }) else {
+            let Some(layers) = self.source_layers(t) else {
                 continue;
             };
             if !layers.is_simulcast() {
                 continue;
             }
-            let keep = if s.twcc { TWCC_KEEP_PERCENT } else { 100 };
             let cap = simulcast::fit(layers, t.layers.want, budget, t.layers.cap, keep, now);
             if cap != t.layers.cap {
                 self.caps.push((i, cap));
@@ -2134,6 +2134,16 @@ impl Engine {
         self.mark(sid);
     }
 
+    /// The layers of the published track that `t` forwards (its publisher's, as measured at the SFU).
+    fn source_layers(&self, t: &TrackOut) -> Option<&Layers> {
+        let (p, m) = t.src?;
+        let pc = self.clients.get(&p)?;
+        pc.tracks_in
+            .iter()
+            .find(|ti| ti.mid == m)
+            .map(|ti| &ti.layers)
+    }
+
     /// `twcc` estimation: tells a subscriber's estimator what to find room for. Desired: every track at its
     /// wanted quality (a simulcast track's best measured layer up to what the subscriber asks for, with the
     /// headroom an upgrade needs; audio at [`TWCC_AUDIO_BPS`]); minimum: what the simulcast tracks' next layers up
@@ -2143,7 +2153,7 @@ impl Engine {
         let Some(s) = self.clients.get(&sid) else {
             return;
         };
-        if !s.twcc {
+        if s.estimation != BandwidthEstimation::Twcc {
             return;
         }
         let (mut minimum, mut desired) = (0u64, 0u64);
@@ -2155,14 +2165,7 @@ impl Engine {
                 desired += TWCC_AUDIO_BPS;
                 continue;
             }
-            let layers = t.src.and_then(|(p, m)| {
-                let pc = self.clients.get(&p)?;
-                pc.tracks_in
-                    .iter()
-                    .find(|ti| ti.mid == m)
-                    .map(|ti| &ti.layers)
-            });
-            let (next, want) = match layers {
+            let (next, want) = match self.source_layers(t) {
                 Some(l) if l.is_simulcast() => simulcast::goal(l, t.layers.want, t.layers.cap, now),
                 // One layer: it is forwarded whatever the estimate, nothing to probe for.
                 _ => (0, 0),
@@ -2242,14 +2245,16 @@ impl Engine {
         } = perms;
         let now = Instant::now();
         let ufrag = signal::random_hex(8);
-        let adapt = self.bandwidth_estimation != BandwidthEstimation::Off
-            && (can_subscribe || matches!(role, Role::Whep));
-        let twcc = adapt && self.bandwidth_estimation == BandwidthEstimation::Twcc;
+        let estimation = if can_subscribe || matches!(role, Role::Whep) {
+            self.bandwidth_estimation
+        } else {
+            BandwidthEstimation::Off
+        };
         let mut config = Rtc::builder();
         if let Some(cert) = &self.dtls_cert {
             config = config.set_dtls_cert(cert.clone());
         }
-        if twcc {
+        if estimation == BandwidthEstimation::Twcc {
             config = config.enable_bwe(Some(Bitrate::bps(TWCC_INITIAL_BPS)));
         }
         let mut rtc = config
@@ -2313,8 +2318,7 @@ impl Engine {
             congestion: Congestion::default(),
             queued: false,
             wrote: false,
-            adapt,
-            twcc,
+            estimation,
             loss_bwe: LossEstimator::default(),
             twcc_bwe: None,
             remb: None,
