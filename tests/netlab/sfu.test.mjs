@@ -145,11 +145,11 @@ test(`(${num}) sfu room, ${mode} estimate: a throttled downlink gets a lower sim
     // The one stall: from the limit until the SFU notices (receiver reports come once a second, the loss-based
     // estimate needs a report with > 10 % loss) and the lower layer's keyframe arrives.
     assert.ok(worst < 6000, `no decoding stall over 6 s (longest ${worst} ms)`);
-    const changes = Number((lab.httpGet('/metrics') || '').match(/^sfu_bandwidth_layer_changes_total (\S+)/m)?.[1] ?? 0);
+    const metrics = lab.httpGet('/metrics') || '';
+    const changes = Number(metrics.match(/^sfu_bandwidth_layer_changes_total (\S+)/m)?.[1] ?? 0);
     lab.note(`sfu_bandwidth_layer_changes_total ${changes}`);
     assert.ok(changes >= 2, `the SFU changed Bob's layer by bandwidth, down and up (${changes})`);
     // The estimates in force came from the configured estimator.
-    const metrics = lab.httpGet('/metrics') || '';
     const estimates = (source) => Number(metrics.match(new RegExp(`^sfu_bandwidth_estimates_total\\{source="${source}"\\} (\\S+)`, 'm'))?.[1] ?? 0);
     const other = mode === 'twcc' ? 'loss' : 'twcc';
     lab.note(`sfu_bandwidth_estimates_total: ${mode} ${estimates(mode)}, ${other} ${estimates(other)}, remb ${estimates('remb')}`);

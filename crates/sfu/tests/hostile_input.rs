@@ -61,18 +61,21 @@ fn stun(class_method: u16, attrs: &[(u16, &[u8])], len: Option<u16>) -> Vec<u8> 
     m
 }
 
-/// Every kind of junk datagram, `rounds` times over, from a few sockets. The SFU's ICE ufrag makes forged
-/// requests reach the live session's ICE agent (which must refuse them: wrong MESSAGE-INTEGRITY).
 const BINDING_REQUEST: u16 = 0x0001;
 const USERNAME: u16 = 0x0006;
 const MESSAGE_INTEGRITY: u16 = 0x0008;
 const PRIORITY: u16 = 0x0024;
 const FINGERPRINT: u16 = 0x8028;
 
+/// The USERNAME of an attacker's ICE check to the session whose (SFU-side) ufrag is `ufrag`.
+fn forged_user(ufrag: &str) -> String {
+    format!("{ufrag}:attacker")
+}
+
 /// An ICE check for the session whose (SFU-side) ufrag is `ufrag`, from an attacker: a made-up `mac` as its
 /// MESSAGE-INTEGRITY.
 fn forged_check(ufrag: &str, mac: &[u8]) -> Vec<u8> {
-    let user = format!("{ufrag}:attacker");
+    let user = forged_user(ufrag);
     stun(
         BINDING_REQUEST,
         &[
@@ -84,9 +87,11 @@ fn forged_check(ufrag: &str, mac: &[u8]) -> Vec<u8> {
     )
 }
 
+/// Every kind of junk datagram, `rounds` times over, from a few sockets. The SFU's ICE ufrag makes forged
+/// requests reach the live session's ICE agent (which must refuse them: wrong MESSAGE-INTEGRITY).
 fn datagrams(ufrag: &str, rounds: usize) -> Vec<Vec<u8>> {
     let mut g = Junk(0x5eed_1234_abcd_9876);
-    let forged_user = format!("{ufrag}:attacker");
+    let forged_user = forged_user(ufrag);
     let mut out = vec![Vec::new(), vec![0], vec![0x80], vec![22, 0xfe, 0xfd]];
     for _ in 0..rounds {
         out.push(g.some(0, 1500));
