@@ -31,6 +31,7 @@ use str0m::rtp::{
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::data::{self, DataOut, Sent};
+use crate::deadlines::Deadlines;
 use crate::simulcast::{self, Admit, Congestion, LayerState, Layers, LossEstimator, PacketPos};
 use crate::tcp::TcpEvent;
 use crate::udp::{RecvBatch, SendBatch};
@@ -95,6 +96,9 @@ const PARALLEL_AT: usize = 32;
 const PEEK_EVERY: usize = 32;
 
 pub(crate) type ClientId = u64;
+
+/// The maps looked up per packet (by address, ufrag, client id): a fast hash, randomly seeded per process.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Who a client is.
 pub(crate) enum Role {
@@ -320,6 +324,7 @@ struct Client {
     tracks_in: Vec<TrackIn>,
     tracks_out: Vec<TrackOut>,
     out_seq: u32,
+    /// When it wants the engine's attention next: its `Rtc`'s timeout, or an offer coming due.
     timeout: Instant,
     stats_in: HashMap<(Mid, Option<Rid>), u64>,
     /// Per sent stream: packets and bytes reported so far.
@@ -385,17 +390,32 @@ impl Client {
     }
 
     fn wants_offer(&self, now: Instant) -> bool {
-        matches!(self.role, Role::Participant(_))
-            && self.rtc.is_alive()
-            && now >= self.next_offer_at
-            && (self.negotiated || now >= self.joined_at + FIRST_OFFER_DELAY)
-            && match &self.pending {
-                Some((_, at)) => now >= *at + PENDING_OFFER_TIMEOUT,
-                None => self
-                    .tracks_out
-                    .iter()
-                    .any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_))),
+        self.offer_due().is_some_and(|at| now >= at)
+    }
+
+    /// When [`Client::negotiate`] has an offer to make (or to make again) with what the client has now: none
+    /// while there is nothing to offer.
+    fn offer_due(&self) -> Option<Instant> {
+        if !matches!(self.role, Role::Participant(_)) || !self.rtc.is_alive() {
+            return None;
+        }
+        let due = match &self.pending {
+            Some((_, at)) => *at + PENDING_OFFER_TIMEOUT,
+            None if self
+                .tracks_out
+                .iter()
+                .any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_))) =>
+            {
+                self.next_offer_at
             }
+            None => return None,
+        };
+        let due = due.max(self.next_offer_at);
+        Some(if self.negotiated {
+            due
+        } else {
+            due.max(self.joined_at + FIRST_OFFER_DELAY)
+        })
     }
 
     /// Forgets the pending offer (its changes were never applied).
@@ -457,6 +477,7 @@ impl Client {
         }
         let Some((offer, pending)) = api.apply() else {
             self.rollback();
+            self.next_offer_at = now + OFFER_RETRY;
             return;
         };
         let sdp = crate::sdp::follow_codec_order(&self.remote_sdp, &offer.to_sdp_string());
@@ -476,7 +497,7 @@ impl Client {
         }
     }
 
-    fn refresh_ufrag(&mut self, by_ufrag: &mut HashMap<String, ClientId>) {
+    fn refresh_ufrag(&mut self, by_ufrag: &mut FastMap<String, ClientId>) {
         let creds = self.rtc.direct_api().local_ice_credentials();
         if creds.ufrag != self.ufrag {
             by_ufrag.remove(&self.ufrag);
@@ -964,7 +985,7 @@ fn poll_client(c: &mut Client, now: Instant, sink: &mut PollSink) {
         }
         match c.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
-                c.timeout = t;
+                c.timeout = c.offer_due().map_or(t, |o| o.min(t));
                 break;
             }
             Ok(Output::Transmit(t)) => {
@@ -1075,10 +1096,12 @@ pub(crate) struct Engine {
     tcp_destination: Option<SocketAddr>,
     tcp_conns: Arc<TcpConns>,
     /// Boxed: a parallel fan-out lends half of them to its thread by moving the boxes.
-    clients: HashMap<ClientId, Box<Client>>,
+    clients: FastMap<ClientId, Box<Client>>,
+    /// Each client's [`Client::timeout`] as of its last poll.
+    deadlines: Deadlines<ClientId>,
     next_id: ClientId,
-    by_addr: HashMap<SocketAddr, ClientId>,
-    by_ufrag: HashMap<String, ClientId>,
+    by_addr: FastMap<SocketAddr, ClientId>,
+    by_ufrag: FastMap<String, ClientId>,
     /// (room, participant id) → client.
     by_participant: HashMap<(String, String), ClientId>,
     /// Participants of `sfu` rooms (kept while their `Rtc` is recreated).
@@ -1170,10 +1193,11 @@ impl Engine {
             tcp_destination: tcp_port.map(|port| SocketAddr::new(destination.ip(), port)),
             tcp_rx: tcp.map(|(_, rx)| rx),
             tcp_conns: Arc::new(HashMap::new()),
-            clients: HashMap::new(),
+            clients: FastMap::default(),
+            deadlines: Deadlines::default(),
             next_id: 1,
-            by_addr: HashMap::new(),
-            by_ufrag: HashMap::new(),
+            by_addr: FastMap::default(),
+            by_ufrag: FastMap::default(),
             by_participant: HashMap::new(),
             members: HashMap::new(),
             rooms: HashMap::new(),
@@ -1214,10 +1238,8 @@ impl Engine {
         loop {
             let now = Instant::now();
             let next = self
-                .clients
-                .values()
-                .map(|c| c.timeout)
-                .min()
+                .deadlines
+                .next()
                 .unwrap_or(now + MAX_SLEEP)
                 .min(now + MAX_SLEEP)
                 .max(now + Duration::from_millis(1));
@@ -1424,12 +1446,9 @@ impl Engine {
         self.update_speakers(now);
         let mut due = std::mem::take(&mut self.scratch);
         due.clear();
-        due.extend(
-            self.clients
-                .values()
-                .filter(|c| c.timeout <= now || c.wants_offer(now))
-                .map(|c| c.id),
-        );
+        while let Some(id) = self.deadlines.pop_due(now) {
+            due.push(id);
+        }
         for &id in &due {
             if let Some(c) = self.clients.get_mut(&id) {
                 // Participants: once their media path was up (a slow first connection is not a dead one; their
@@ -1579,6 +1598,7 @@ impl Engine {
             dead: &mut self.dead,
         };
         poll_client(c, now, &mut sink);
+        self.deadlines.set(id, c.timeout);
     }
 
     /// Polls every marked client, half of them on a second thread: a large fan-out's SRTP and sends are
@@ -1635,6 +1655,7 @@ impl Engine {
         };
         job.tcp = None;
         for c in job.clients.drain(..) {
+            self.deadlines.set(c.id, c.timeout);
             self.clients.insert(c.id, c);
         }
         self.props.append(&mut job.props);
@@ -2358,6 +2379,7 @@ impl Engine {
                 }
             }
         }
+        self.deadlines.set(id, client.timeout);
         self.clients.insert(id, Box::new(client));
         metrics::gauge!("sfu_participants").set(self.clients.len() as f64);
         self.mark(id);
@@ -2368,6 +2390,7 @@ impl Engine {
         let Some(mut c) = self.clients.remove(&id) else {
             return;
         };
+        self.deadlines.remove(id);
         c.rtc.disconnect();
         metrics::gauge!("sfu_participants").set(self.clients.len() as f64);
         for a in &c.addrs {
@@ -2467,6 +2490,20 @@ impl Engine {
     }
 
     fn on_signal(&mut self, room: String, participant: String, msg: MediaSignal, now: Instant) {
+        // Polled afterwards whatever the signal did: an answer refused puts the offer's tracks back to offer.
+        if let Some(id) = self.signal_to_client(room, participant, msg, now) {
+            self.mark(id);
+        }
+    }
+
+    /// A participant's signal to its client; the client it went to.
+    fn signal_to_client(
+        &mut self,
+        room: String,
+        participant: String,
+        msg: MediaSignal,
+        now: Instant,
+    ) -> Option<ClientId> {
         let key = (room, participant);
         let id = match self.by_participant.get(&key).copied() {
             Some(id) => id,
@@ -2474,17 +2511,15 @@ impl Engine {
                 // Its Rtc closed (failed DTLS, timeout): a new offer starts a new one.
                 let Some((perms, sink)) = self.members.get(&key).cloned() else {
                     debug!(room = %key.0, participant = %key.1, "SFU signal from a participant not in an sfu room");
-                    return;
+                    return None;
                 };
                 if !matches!(msg, MediaSignal::Offer(_)) {
-                    return;
+                    return None;
                 }
                 self.new_client(&key.0, &key.1, Role::Participant(sink), perms)
             }
         };
-        let Some(c) = self.clients.get_mut(&id) else {
-            return;
-        };
+        let c = self.clients.get_mut(&id)?;
         match msg {
             MediaSignal::Offer(sdp) => {
                 if let Some((_, answer)) =
@@ -2494,13 +2529,13 @@ impl Engine {
                     if let Some(s) = c.sink() {
                         s.send(MediaSignal::Answer(answer.clone()));
                     }
-                    return;
+                    return Some(id);
                 }
                 let offer = match SdpOffer::from_sdp_string(&sdp) {
                     Ok(o) => o,
                     Err(e) => {
                         c.refuse_sdp("bad SDP offer", &e);
-                        return;
+                        return Some(id);
                     }
                 };
                 debug!(participant = %c.participant, glare = c.pending.is_some(), "offer from the participant");
@@ -2531,7 +2566,7 @@ impl Engine {
             MediaSignal::Answer(sdp) => {
                 let Some((pending, _)) = c.pending.take() else {
                     debug!(participant = %c.participant, "answer without an SFU offer: ignored");
-                    return;
+                    return Some(id);
                 };
                 let answer = match SdpAnswer::from_sdp_string(&sdp) {
                     Ok(a) => a,
@@ -2539,7 +2574,7 @@ impl Engine {
                         c.refuse_sdp("bad SDP answer", &e);
                         c.pending = Some((pending, now));
                         c.rollback();
-                        return;
+                        return Some(id);
                     }
                 };
                 match c.rtc.sdp_api().accept_answer(pending, answer) {
@@ -2581,11 +2616,11 @@ impl Engine {
             }
             MediaSignal::Candidate(v) => {
                 let Some(s) = v.get("candidate").and_then(|s| s.as_str()) else {
-                    return; // end-of-candidates
+                    return Some(id); // end-of-candidates
                 };
                 let s = s.trim();
                 if s.is_empty() {
-                    return;
+                    return Some(id);
                 }
                 match Candidate::from_sdp_string(s) {
                     Ok(cand) => c.rtc.add_remote_candidate(cand),
@@ -2593,7 +2628,7 @@ impl Engine {
                 }
             }
         }
-        self.mark(id);
+        Some(id)
     }
 
     /// Trickled candidates for a WHIP/WHEP session. Bad candidate lines are skipped (logged).

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 mod data;
+mod deadlines;
 mod engine;
 mod keyframe;
 mod sdp;
