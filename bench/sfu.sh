@@ -193,12 +193,12 @@ echo
 echo "SFU benchmark: $(nproc) cores, ${DURATION}s per run, ${BITRATE} bit/s per publisher, pacing ${PACING}x, $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
   def f(x; d): if x == null then "-" else (x * pow(10; d) | round / pow(10; d) | tostring) end;
-  (["load","server","recv","fwd pkt/s","frame loss %","server CPU %","srv runq wait %","pkts/CPU-s","p50 ms","p99 ms","server delay p50/p99 ms","RSS/sub KiB","gen CPU %"] | join(" | ")),
+  (["load","server","recv","fwd pkt/s","frame loss %","server CPU %","srv runq wait %","pkts/CPU-s","p50 ms","p99 ms","server delay p50/p99 ms","RSS/sub KiB","gen CPU %","drained s"] | join(" | ")),
   (.[] | if .error then [.load, .target, "ERROR: " + (.error | gsub("\n"; " "))] | join(" | ") else
     [.load, .target, "\(.connected)/\(.participants)", f(.forwarded_pps; 0), f(.frame_loss_pct; 2), f(.server_cpu_pct; 1), f(.server_runqueue_wait_pct; 1),
      f(.forwarded_pkts_per_cpu_s; 0), f(.latency_p50_ms; 2), f(.latency_p99_ms; 2),
      "\(f(.server_delay_p50_ms; 3))/\(f(.server_delay_p99_ms; 3))",
-     f((.rss_per_subscriber_bytes // null) | if . == null then null else . / 1024 end; 0), f(.generator_cpu_pct; 0)] | join(" | ") end),
+     f((.rss_per_subscriber_bytes // null) | if . == null then null else . / 1024 end; 0), f(.generator_cpu_pct; 0), f(.drained_s; 1)] | join(" | ") end),
   "",
   "ratios switchboard/janus and switchboard/baseline (pkts per server CPU-second; p99 latency):",
   (group_by(.load)[] | ["janus", "baseline"][] as $other |

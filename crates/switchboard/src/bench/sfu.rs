@@ -34,6 +34,9 @@ use stats::PeerReport;
 const MAX_DURATION: u64 = 120;
 const MAX_PUBLISHERS: usize = 64;
 const MAX_SUBSCRIBERS: usize = 2000;
+/// After the window, how long receivers may still bring in frames stamped inside it (a saturated generator
+/// lags by up to a second or two).
+const DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// Options of `switchboard bench sfu`.
 #[derive(Args, Debug)]
@@ -358,8 +361,19 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         .transpose()?;
     let gen_cpu1 = stats::cpu_seconds(me)?;
     let rss_after = args.server_pid.map(stats::rss_bytes).transpose()?;
-    // Frames stamped inside the window still in flight.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Frames stamped inside the window still in flight: until none came for half a second (a saturated generator
+    // lags: its frames are late, not lost), at most DRAIN_MAX.
+    let drain_end = Instant::now() + DRAIN_MAX;
+    let mut seen = shared.window_frames.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now_seen = shared.window_frames.load(Ordering::Relaxed);
+        if now_seen == seen || Instant::now() >= drain_end {
+            break;
+        }
+        seen = now_seen;
+    }
+    let drained_s = t0.elapsed().as_secs_f64() - window;
     shared.phase.store(PHASE_STOP, Ordering::Relaxed);
 
     // Only publishers send; everyone may receive.
@@ -407,6 +421,7 @@ pub async fn run(args: SfuBenchArgs) -> anyhow::Result<()> {
         "audio": args.audio,
         "setup_s": round(setup_s, 2),
         "duration_s": round(window, 3),
+        "drained_s": round(drained_s, 2),
         "frames_sent": pubs.frames_sent,
         "packets_sent": pubs.packets_sent,
         "frames_expected": frames_expected,

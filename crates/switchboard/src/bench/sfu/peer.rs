@@ -46,6 +46,9 @@ pub struct Shared {
     pub connected: AtomicUsize,
     /// Participants that have received at least one stamped frame.
     pub receiving: AtomicUsize,
+    /// Frames stamped inside the window received so far, by every participant (tells when the stragglers of a
+    /// run are in).
+    pub window_frames: AtomicU64,
     /// Publishers send media only once this is set (after every participant has connected).
     pub media_on: AtomicBool,
     /// One DTLS certificate for every `Rtc` (generating one each would cost seconds of CPU at 500 peers).
@@ -61,6 +64,7 @@ impl Shared {
             window_end: AtomicU64::new(u64::MAX),
             connected: AtomicUsize::new(0),
             receiving: AtomicUsize::new(0),
+            window_frames: AtomicU64::new(0),
             media_on: AtomicBool::new(false),
             cert: str0m::crypto::from_feature_flags()
                 .dtls_provider
@@ -392,6 +396,7 @@ impl Peer {
                     let now = self.shared.now_ns();
                     tracing::trace!(contiguous = d.contiguous, seq = s.seq, packets = ?d.seq_range, lat_us = (now - s.sent_ns) / 1000, "frame");
                     self.report.frames_received += 1;
+                    self.shared.window_frames.fetch_add(1, Ordering::Relaxed);
                     self.report.packets_received +=
                         (**d.seq_range.end()).saturating_sub(**d.seq_range.start()) + 1;
                     let us = now.saturating_sub(s.sent_ns) / 1000;
