@@ -97,6 +97,9 @@ const PEEK_EVERY: usize = 32;
 
 pub(crate) type ClientId = u64;
 
+/// A VP9 payload with a rewritten (picture id, TL0PICIDX), as forwarded to the subscribers that need those.
+type Vp9Copy = (Option<u16>, Option<u8>, Arc<[u8]>);
+
 /// The maps looked up per packet (by address, ufrag, client id): a fast hash, randomly seeded per process.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -266,6 +269,8 @@ struct Fwd {
     video_orientation: Option<VideoOrientation>,
     /// VP8: the payload descriptor (picture ids are rewritten per subscriber).
     vp8: Option<Vp8Descriptor>,
+    /// VP9: the same.
+    vp9: Option<crate::vp9::Descriptor>,
     payload: Arc<[u8]>,
 }
 
@@ -677,6 +682,9 @@ impl Client {
         let vp8 = (codec == Codec::Vp8)
             .then(|| Vp8Descriptor::parse(&p.payload).ok())
             .flatten();
+        let vp9 = (codec == Codec::Vp9)
+            .then(|| crate::vp9::Descriptor::parse(&p.payload))
+            .flatten();
         let keyframe = t.kind == MediaKind::Video
             && match &vp8 {
                 Some(d) => d.starts_keyframe(&p.payload),
@@ -712,6 +720,7 @@ impl Client {
                 voice_activity: ext.voice_activity,
                 video_orientation: ext.video_orientation,
                 vp8,
+                vp9,
                 payload: p.payload,
             },
         ));
@@ -1137,6 +1146,9 @@ pub(crate) struct Engine {
     unsent_rx: Vec<std::time::SystemTime>,
     /// Packet copies written to subscribers so far (tells which datagrams were forwarded).
     forwarded: u64,
+    /// VP9 payloads of the packet being forwarded with rewritten (picture id, TL0PICIDX), and a buffer to write one.
+    vp9_copies: Vec<Vp9Copy>,
+    vp9_buf: Vec<u8>,
     /// `sfu_forward_delay_seconds`.
     forward_delay: metrics::Histogram,
 }
@@ -1220,6 +1232,8 @@ impl Engine {
             caps: Vec::new(),
             unsent_rx: Vec::with_capacity(crate::udp::RECV_BATCH),
             forwarded: 0,
+            vp9_copies: Vec::new(),
+            vp9_buf: Vec::new(),
             forward_delay: metrics::histogram!("sfu_forward_delay_seconds"),
         })
     }
@@ -1709,6 +1723,7 @@ impl Engine {
             }
         }
         let mut keyframe_for = [false; simulcast::RANKS];
+        self.vp9_copies.clear();
         self.scratch.clear();
         if let Some(m) = self.rooms.get(room.as_str()) {
             self.scratch.extend_from_slice(m);
@@ -1788,10 +1803,25 @@ impl Engine {
                     tx.set_unpaced(true);
                     t.rtx_sized = Some(mid);
                 }
-                let mut write =
-                    RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, pkt.payload.clone());
+                let mut payload = pkt.payload.clone();
+                if let Some(d) = &pkt.vp9 {
+                    let (pic, tl0) = t.layers.picture_ids(seq, d.pic, d.tl0);
+                    if pic != d.pic || tl0 != d.tl0 {
+                        // One copy per distinct rewrite of this packet, shared by the subscribers that need it.
+                        payload = match self.vp9_copies.iter().find(|c| (c.0, c.1) == (pic, tl0)) {
+                            Some(c) => c.2.clone(),
+                            None => {
+                                d.patch(&pkt.payload, pic, tl0, &mut self.vp9_buf);
+                                let copy: Arc<[u8]> = self.vp9_buf.as_slice().into();
+                                self.vp9_copies.push((pic, tl0, copy.clone()));
+                                copy
+                            }
+                        };
+                    }
+                }
+                let mut write = RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, payload);
                 if let Some(d) = &pkt.vp8 {
-                    let (pic, tl0) = t.layers.vp8(seq, d.picture_id(), d.tl0_pic_idx());
+                    let (pic, tl0) = t.layers.picture_ids(seq, d.picture_id(), d.tl0_pic_idx());
                     if pic != d.picture_id() || tl0 != d.tl0_pic_idx() {
                         match vp8_patch(d, pic, tl0) {
                             Ok(patch) => write = write.vp8_patch(patch),

@@ -25,29 +25,10 @@ pub(crate) fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
     }
 }
 
-/// RFC 9628 §4.2: `I P L F B E V Z`; a frame beginning (B) that is not inter-picture predicted (P = 0), of
-/// spatial layer 0 when layer indices are present.
+/// RFC 9628 §4.2: a frame beginning (B) that is not inter-picture predicted (P = 0), of spatial layer 0 when
+/// layer indices are present.
 fn vp9(p: &[u8]) -> bool {
-    let Some(&b0) = p.first() else {
-        return false;
-    };
-    let predicted = b0 & 0x40 != 0;
-    let begins = b0 & 0x08 != 0;
-    if predicted || !begins {
-        return false;
-    }
-    if b0 & 0x20 == 0 {
-        return true;
-    }
-    // L: the layer indices follow the picture id (if any): `TID U SID D`.
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let Some(&pic) = p.get(1) else {
-            return false;
-        };
-        i += if pic & 0x80 != 0 { 2 } else { 1 };
-    }
-    p.get(i).is_some_and(|l| (l >> 1) & 0x07 == 0)
+    crate::vp9::Descriptor::parse(p).is_some_and(|d| d.begins && d.independent && d.spatial == 0)
 }
 
 /// AV1 RTP payload aggregation header `Z Y W W N - - -`: N is set on the first packet of a coded video sequence

@@ -33,6 +33,7 @@ mod simulcast;
 mod stun;
 mod tcp;
 mod udp;
+mod vp9;
 mod whip;
 
 pub use stun::stun_local_ufrag;

@@ -372,8 +372,8 @@ pub(crate) struct LayerState {
     /// Highest forwarded sequence number, its timestamp and arrival.
     last_out: Option<(u64, u32, Instant)>,
     /// VP8: offsets of the picture id (15 bits) and TL0PICIDX of the current run, computed at its first packet
-    /// (`vp8_rebase`), and the values sent with the highest forwarded sequence number (`last_out`) so far.
-    vp8_rebase: bool,
+    /// (`pic_rebase`), and the values sent with the highest forwarded sequence number (`last_out`) so far.
+    pic_rebase: bool,
     pic_offset: u16,
     tl0_offset: u8,
     last_pic: Option<u16>,
@@ -397,7 +397,7 @@ impl Default for LayerState {
             seq_offset: 0,
             time_offset: 0,
             last_out: None,
-            vp8_rebase: false,
+            pic_rebase: false,
             pic_offset: 0,
             tl0_offset: 0,
             last_pic: None,
@@ -493,7 +493,7 @@ impl LayerState {
         self.first_in = p.seq;
         self.current = p.rid;
         self.started = true;
-        self.vp8_rebase = true;
+        self.pic_rebase = true;
         self.rebased = self.last_out.is_some() && p.keyframe;
         self.held_since = None;
     }
@@ -505,16 +505,17 @@ impl LayerState {
         std::mem::take(&mut self.rebased)
     }
 
-    /// VP8: the picture id and TL0PICIDX to send for a packet just admitted as `out_seq`. They continue across
-    /// runs like sequence numbers: each layer numbers its pictures on its own, and a receiver drops a keyframe
-    /// whose picture id is older than the last one it decoded (so it would never show the new layer).
-    pub fn vp8(
+    /// VP8 and VP9: the picture id and TL0PICIDX to send for a packet just admitted as `out_seq`. They continue
+    /// across runs like sequence numbers: each layer numbers its pictures on its own, and a receiver may drop a
+    /// keyframe whose picture id is older than the last one it decoded (VP8 in Chromium: it would never show the
+    /// new layer). Picture ids are counted in 15 bits; a 7-bit one is written modulo 128, which continues too.
+    pub fn picture_ids(
         &mut self,
         out_seq: u64,
         pic: Option<u16>,
         tl0: Option<u8>,
     ) -> (Option<u16>, Option<u8>) {
-        if std::mem::take(&mut self.vp8_rebase) {
+        if std::mem::take(&mut self.pic_rebase) {
             self.pic_offset = match (pic, self.last_pic) {
                 (Some(p), Some(last)) => last.wrapping_add(1).wrapping_sub(p) & PICTURE_ID_MASK,
                 _ => 0,
@@ -885,26 +886,35 @@ mod tests {
         // The quarter layer numbers its pictures from 20 000, the full one from 3 (and wraps at 2^15).
         let seq = forwarded(&mut st, &packet(Some("q"), 10, 0, t0, true), rq);
         assert_eq!(
-            st.vp8(seq, Some(20_000), Some(7)),
+            st.picture_ids(seq, Some(20_000), Some(7)),
             (Some(20_000), Some(7)),
             "the first run keeps them"
         );
         let seq = forwarded(&mut st, &packet(Some("q"), 11, 3000, t0, false), rq);
-        assert_eq!(st.vp8(seq, Some(20_001), Some(7)), (Some(20_001), Some(7)));
+        assert_eq!(
+            st.picture_ids(seq, Some(20_001), Some(7)),
+            (Some(20_001), Some(7))
+        );
         let seq = forwarded(&mut st, &packet(Some("f"), 500, 9000, t0, true), rf);
         assert_eq!(
-            st.vp8(seq, Some(3), Some(200)),
+            st.picture_ids(seq, Some(3), Some(200)),
             (Some(20_002), Some(8)),
             "the new layer's keyframe follows the last picture forwarded"
         );
         let seq = forwarded(&mut st, &packet(Some("f"), 501, 12000, t0, false), rf);
-        assert_eq!(st.vp8(seq, Some(4), Some(201)), (Some(20_003), Some(9)));
+        assert_eq!(
+            st.picture_ids(seq, Some(4), Some(201)),
+            (Some(20_003), Some(9))
+        );
         // Wrapping: picture ids stay within 15 bits.
         let mut st = LayerState::default();
         let seq = forwarded(&mut st, &packet(Some("q"), 1, 0, t0, true), rq);
-        assert_eq!(st.vp8(seq, Some(0x7fff), None), (Some(0x7fff), None));
+        assert_eq!(
+            st.picture_ids(seq, Some(0x7fff), None),
+            (Some(0x7fff), None)
+        );
         let seq = forwarded(&mut st, &packet(Some("f"), 9, 90, t0, true), rf);
-        assert_eq!(st.vp8(seq, Some(100), None), (Some(0), None));
+        assert_eq!(st.picture_ids(seq, Some(100), None), (Some(0), None));
     }
 
     #[test]
