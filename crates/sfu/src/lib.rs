@@ -12,8 +12,11 @@
 //! every str0m `Rtc` (sans-IO) and routes each datagram in O(1) (remote address → client, learned from the
 //! ICE ufrag of the first STUN request). The server side is ICE-lite. Media is forwarded per RTP packet
 //! (str0m's RTP mode) as soon as it arrives; payloads are reference counted (`Arc<[u8]>`), so forwarding one
-//! packet to N subscribers copies no media bytes, and each subscriber's sequence numbers and timestamps are
-//! rewritten so it sees one continuous stream across simulcast layer switches.
+//! packet to N subscribers copies no media bytes (a VP9 packet whose picture ids are rewritten: one copy per
+//! distinct rewrite; VP8's are patched as str0m serializes), and each subscriber's sequence numbers, timestamps
+//! and VP8/VP9 picture ids are rewritten so it sees one continuous stream across simulcast layer switches.
+//! When each client wants attention next (its `Rtc`'s timeout, an offer coming due) is kept in a min-heap
+//! (`deadlines`), so a wake-up costs the clients due, not the whole server.
 //!
 //! Track attribution: every forwarded m-line carries `a=msid:<publisher stream id> <participant id>.<n>`,
 //! so a subscriber knows which participant a track belongs to (the stream id is the publisher's own,
