@@ -8,7 +8,7 @@
 //! - [`Sfu::router`]: WHIP (`POST /whip/{room}`) and WHEP (`POST /whep/{room}`) endpoints, merged into the
 //!   HTTP app by the binary.
 //!
-//! Architecture: one UDP socket carries every participant's media; one tokio task (the [`engine`]) owns
+//! Architecture: one UDP socket carries every participant's media; one tokio task (the `engine` module) owns
 //! every str0m `Rtc` (sans-IO) and routes each datagram in O(1) (remote address → client, learned from the
 //! ICE ufrag of the first STUN request). The server side is ICE-lite. Media is forwarded per RTP packet
 //! (str0m's RTP mode) as soon as it arrives; payloads are reference counted (`Arc<[u8]>`), so forwarding one
