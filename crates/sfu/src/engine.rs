@@ -97,9 +97,6 @@ const PEEK_EVERY: usize = 32;
 
 pub(crate) type ClientId = u64;
 
-/// A VP9 payload with a rewritten (picture id, TL0PICIDX), as forwarded to the subscribers that need those.
-type Vp9Copy = (Option<u16>, Option<u8>, Arc<[u8]>);
-
 /// The maps looked up per packet (by address, ufrag, client id): a fast hash, randomly seeded per process.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -678,7 +675,8 @@ impl Client {
             return;
         };
         let codec = params.spec().codec;
-        // VP8's descriptor is parsed once: it tells a keyframe's start and is rewritten per subscriber.
+        // VP8's and VP9's descriptors are parsed once: they tell where a keyframe starts, and their picture ids
+        // are rewritten per subscriber.
         let vp8 = (codec == Codec::Vp8)
             .then(|| Vp8Descriptor::parse(&p.payload).ok())
             .flatten();
@@ -686,9 +684,10 @@ impl Client {
             .then(|| crate::vp9::Descriptor::parse(&p.payload))
             .flatten();
         let keyframe = t.kind == MediaKind::Video
-            && match &vp8 {
-                Some(d) => d.starts_keyframe(&p.payload),
-                None => crate::keyframe::starts_keyframe(codec, &p.payload),
+            && match (&vp8, &vp9) {
+                (Some(d), _) => d.starts_keyframe(&p.payload),
+                (_, Some(d)) => d.starts_keyframe(),
+                _ => crate::keyframe::starts_keyframe(codec, &p.payload),
             };
         if let Some(rid) = rid {
             t.layers.seen(rid, p.timestamp, p.payload.len());
@@ -1146,9 +1145,8 @@ pub(crate) struct Engine {
     unsent_rx: Vec<std::time::SystemTime>,
     /// Packet copies written to subscribers so far (tells which datagrams were forwarded).
     forwarded: u64,
-    /// VP9 payloads of the packet being forwarded with rewritten (picture id, TL0PICIDX), and a buffer to write one.
-    vp9_copies: Vec<Vp9Copy>,
-    vp9_buf: Vec<u8>,
+    /// VP9 payloads of the packet being forwarded with rewritten picture ids.
+    vp9_copies: crate::vp9::Copies,
     /// `sfu_forward_delay_seconds`.
     forward_delay: metrics::Histogram,
 }
@@ -1232,8 +1230,7 @@ impl Engine {
             caps: Vec::new(),
             unsent_rx: Vec::with_capacity(crate::udp::RECV_BATCH),
             forwarded: 0,
-            vp9_copies: Vec::new(),
-            vp9_buf: Vec::new(),
+            vp9_copies: Default::default(),
             forward_delay: metrics::histogram!("sfu_forward_delay_seconds"),
         })
     }
@@ -1803,22 +1800,13 @@ impl Engine {
                     tx.set_unpaced(true);
                     t.rtx_sized = Some(mid);
                 }
-                let mut payload = pkt.payload.clone();
-                if let Some(d) = &pkt.vp9 {
-                    let (pic, tl0) = t.layers.picture_ids(seq, d.pic, d.tl0);
-                    if pic != d.pic || tl0 != d.tl0 {
-                        // One copy per distinct rewrite of this packet, shared by the subscribers that need it.
-                        payload = match self.vp9_copies.iter().find(|c| (c.0, c.1) == (pic, tl0)) {
-                            Some(c) => c.2.clone(),
-                            None => {
-                                d.patch(&pkt.payload, pic, tl0, &mut self.vp9_buf);
-                                let copy: Arc<[u8]> = self.vp9_buf.as_slice().into();
-                                self.vp9_copies.push((pic, tl0, copy.clone()));
-                                copy
-                            }
-                        };
+                let payload = match &pkt.vp9 {
+                    Some(d) => {
+                        let (pic, tl0) = t.layers.picture_ids(seq, d.pic, d.tl0);
+                        self.vp9_copies.payload(d, &pkt.payload, pic, tl0)
                     }
-                }
+                    None => pkt.payload.clone(),
+                };
                 let mut write = RtpWrite::new(pt, seq.into(), time, pkt.pos.arrival, payload);
                 if let Some(d) = &pkt.vp8 {
                     let (pic, tl0) = t.layers.picture_ids(seq, d.picture_id(), d.tl0_pic_idx());

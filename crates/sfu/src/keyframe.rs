@@ -28,7 +28,7 @@ pub(crate) fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
 /// RFC 9628 §4.2: a frame beginning (B) that is not inter-picture predicted (P = 0), of spatial layer 0 when
 /// layer indices are present.
 fn vp9(p: &[u8]) -> bool {
-    crate::vp9::Descriptor::parse(p).is_some_and(|d| d.begins && d.independent && d.spatial == 0)
+    crate::vp9::Descriptor::parse(p).is_some_and(|d| d.starts_keyframe())
 }
 
 /// AV1 RTP payload aggregation header `Z Y W W N - - -`: N is set on the first packet of a coded video sequence

@@ -371,7 +371,7 @@ pub(crate) struct LayerState {
     time_offset: u32,
     /// Highest forwarded sequence number, its timestamp and arrival.
     last_out: Option<(u64, u32, Instant)>,
-    /// VP8: offsets of the picture id (15 bits) and TL0PICIDX of the current run, computed at its first packet
+    /// VP8 and VP9: offsets of the picture id (15 bits) and TL0PICIDX of the current run, computed at its first packet
     /// (`pic_rebase`), and the values sent with the highest forwarded sequence number (`last_out`) so far.
     pic_rebase: bool,
     pic_offset: u16,

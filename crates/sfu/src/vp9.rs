@@ -2,8 +2,9 @@
 //! same payload with them replaced. A subscriber moved to another simulcast layer gets picture ids that
 //! continue the ones it had (as for VP8), rather than the new layer's own numbering.
 //!
-//! Sans-IO and allocation-free except [`Descriptor::patch`], which writes into a caller's buffer. Never panics on
-//! short or malformed input: [`Descriptor::parse`] answers `None`.
+//! Sans-IO. Reading allocates nothing; [`Copies`] makes one rewritten copy per distinct pair of ids of a packet,
+//! shared by the subscribers that need it. Never panics on short or malformed input: [`Descriptor::parse`]
+//! answers `None`.
 //!
 //! ```text
 //!  I P L F B E V Z      first byte
@@ -11,6 +12,8 @@
 //!  TID U SID D          if L
 //!  TL0PICIDX            if L and not F (non-flexible mode)
 //! ```
+
+use std::sync::Arc;
 
 /// The fields of a VP9 payload descriptor the SFU reads or rewrites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +74,12 @@ impl Descriptor {
         })
     }
 
+    /// Whether the packet is the first of a keyframe: a frame beginning (B) that is not inter-picture predicted
+    /// (P = 0), of spatial layer 0.
+    pub(crate) fn starts_keyframe(&self) -> bool {
+        self.begins && self.independent && self.spatial == 0
+    }
+
     /// `payload` (the one this descriptor was read from) with `pic` and `tl0` in place of its own, into `out`.
     /// A field the descriptor lacks stays absent; a 7-bit picture id keeps 7 bits.
     pub(crate) fn patch(
@@ -94,6 +103,44 @@ impl Descriptor {
         if let (Some(_), Some(t)) = (self.tl0, tl0) {
             out[self.tl0_at] = t;
         }
+    }
+}
+
+/// A picture id and a TL0PICIDX.
+type Ids = (Option<u16>, Option<u8>);
+
+/// The payloads of one packet as forwarded: the original, or a copy per distinct (picture id, TL0PICIDX) asked
+/// for, made once and shared by every subscriber that gets those ids.
+#[derive(Debug, Default)]
+pub(crate) struct Copies {
+    copies: Vec<(Ids, Arc<[u8]>)>,
+    buf: Vec<u8>,
+}
+
+impl Copies {
+    /// A new packet: the copies of the last one are no longer asked for.
+    pub(crate) fn clear(&mut self) {
+        self.copies.clear();
+    }
+
+    /// `payload` (described by `d`) with `pic` and `tl0`: the original itself when they are its own ids.
+    pub(crate) fn payload(
+        &mut self,
+        d: &Descriptor,
+        payload: &Arc<[u8]>,
+        pic: Option<u16>,
+        tl0: Option<u8>,
+    ) -> Arc<[u8]> {
+        if (pic, tl0) == (d.pic, d.tl0) {
+            return payload.clone();
+        }
+        if let Some((_, copy)) = self.copies.iter().find(|(ids, _)| *ids == (pic, tl0)) {
+            return copy.clone();
+        }
+        d.patch(payload, pic, tl0, &mut self.buf);
+        let copy: Arc<[u8]> = self.buf.as_slice().into();
+        self.copies.push(((pic, tl0), copy.clone()));
+        copy
     }
 }
 
@@ -165,6 +212,32 @@ mod tests {
             .unwrap()
             .patch(&p, Some(3), Some(4), &mut out);
         assert_eq!(out, p);
+    }
+
+    #[test]
+    fn subscribers_asking_for_the_same_ids_share_one_copy_and_own_ids_need_none() {
+        let original: Arc<[u8]> = Arc::from(&[0xa8, 0x92, 0x34, 0x20, 0x07, 0xde][..]);
+        let d = Descriptor::parse(&original).unwrap();
+        let mut copies = Copies::default();
+        let own = copies.payload(&d, &original, Some(0x1234), Some(7));
+        assert!(Arc::ptr_eq(&own, &original), "its own ids: no copy");
+        let a = copies.payload(&d, &original, Some(5), Some(1));
+        let b = copies.payload(&d, &original, Some(5), Some(1));
+        assert!(Arc::ptr_eq(&a, &b), "the same ids: one copy");
+        assert_eq!(
+            Descriptor::parse(&a).map(|d| (d.pic, d.tl0)),
+            Some((Some(5), Some(1)))
+        );
+        let c = copies.payload(&d, &original, Some(6), Some(1));
+        assert!(!Arc::ptr_eq(&a, &c), "other ids: another copy");
+        assert_eq!(
+            &original[..],
+            &[0xa8, 0x92, 0x34, 0x20, 0x07, 0xde],
+            "the original is untouched"
+        );
+        copies.clear();
+        let d2 = copies.payload(&d, &original, Some(5), Some(1));
+        assert!(!Arc::ptr_eq(&a, &d2), "a new packet starts without copies");
     }
 
     #[test]
